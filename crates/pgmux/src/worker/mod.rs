@@ -1,0 +1,983 @@
+//! The worker process: one upstream PostgreSQL connection shared by many client sessions, one mio event loop.
+//!
+//! A session owns the upstream from the first message it sends until the ReadyForQuery that leaves the upstream idle
+//! outside a transaction with nothing more owed to it (transaction mode), until that ReadyForQuery whatever the
+//! transaction state (statement mode, which refuses transaction blocks), or until it leaves (session mode). Sessions
+//! with a request ready queue up in arrival order; their bytes stay in the kernel until their turn.
+//!
+//! Everything sent upstream is recorded in `replies` (see that module) so every reply finds its session, and the
+//! upstream is handed on only when nothing is owed. Before a session's turn the upstream is brought to the
+//! session's settings (`settings`). When a client leaves mid-transaction, the worker cancels what runs, syncs,
+//! rolls back and only then serves the next session; when the upstream's state cannot be known (a message half
+//! sent, a reply that fits nothing), it drops the upstream and reconnects.
+
+mod replies;
+mod session;
+mod settings;
+mod upstream;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::unistd::Pid;
+use pgmux_config::{Config, PoolMode, Secret, UserList};
+use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
+use pgmux_proto::{backend as be, frame, frontend as fe};
+
+use crate::net::{Conn, ReadOutcome};
+use replies::{Disposition, Owner, Replies};
+use session::Session;
+use upstream::{Address, Credential, Upstream};
+
+const CHANNEL: Token = Token(0);
+const UPSTREAM: Token = Token(1);
+const FIRST_SESSION: usize = 2;
+
+/// Read at most this much per read call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Stop reading one side while the other side has this much unwritten.
+const HIGH_WATER: usize = 1024 * 1024;
+/// Messages larger than this are streamed through instead of buffered whole.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+/// Backend messages pgmux must parse (errors, statuses) are buffered whole up to this size.
+const MAX_BUFFERED_BACKEND: u32 = 16 * 1024 * 1024;
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct WorkerContext {
+    pub index: u32,
+    /// The pool: the database name clients asked for, and the user.
+    pub database: String,
+    pub user: String,
+    pub config: Arc<Config>,
+    pub userlist: Arc<UserList>,
+    pub channel: Channel,
+    pub parent: Pid,
+}
+
+/// Why pgmux sent a query or Sync of its own; popped when its ReadyForQuery arrives.
+#[derive(Debug)]
+enum Job {
+    /// Bring the upstream to this session's settings before its turn.
+    Settings { session_id: u64, wanted: Vec<(String, String)> },
+    /// Close an extended-protocol batch a departed client left open.
+    Sync,
+    Rollback,
+    /// server_reset_query after a session-mode client left.
+    Reset,
+}
+
+struct Worker {
+    ctx: WorkerContext,
+    poll: Poll,
+    pool_mode: PoolMode,
+    addr: Address,
+    login_params: Vec<(String, String)>,
+    login_user: String,
+    credential: Credential,
+    sessions: Vec<Option<Session>>,
+    free: Vec<usize>,
+    by_id: HashMap<u64, usize>,
+    upstream: Option<Upstream>,
+    replies: Replies,
+    jobs: VecDeque<Job>,
+    /// An ErrorResponse (whole message) swallowed from pgmux's own query, examined at its ReadyForQuery.
+    job_error: Option<Vec<u8>>,
+    /// Where the rest of a large backend message being streamed goes.
+    stream_owner: Option<Owner>,
+    owner: Option<usize>,
+    queue: VecDeque<usize>,
+    outbox: Outbox,
+    needs_reset: bool,
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
+    last_connect_error: String,
+    shutting_down: bool,
+    stop: bool,
+}
+
+pub fn run(ctx: WorkerContext) -> i32 {
+    match Worker::new(ctx) {
+        Ok(mut w) => w.run(),
+        Err(e) => {
+            error!("worker start-up failed: {e}");
+            1
+        }
+    }
+}
+
+impl Worker {
+    fn new(ctx: WorkerContext) -> Result<Worker, String> {
+        let config = ctx.config.clone();
+        let db = config
+            .database(&ctx.database)
+            .ok_or_else(|| format!("no database section for \"{}\"", ctx.database))?;
+        let login_user = db.user.clone().unwrap_or_else(|| ctx.user.clone());
+        let credential = match (&db.password, ctx.userlist.get(&login_user)) {
+            (Some(p), _) => Credential::Plain(p.clone()),
+            (None, Some(Secret::Plain(p))) => Credential::Plain(p.clone()),
+            (None, Some(Secret::Md5(h))) => Credential::Md5(h.clone()),
+            _ => Credential::None,
+        };
+        let dbname = config.upstream_dbname(db, &ctx.database).to_string();
+        let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+        poll.registry()
+            .register(&mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&ctx.channel)), CHANNEL, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| format!("register channel: {e}"))?;
+        Ok(Worker {
+            pool_mode: db.pool_mode,
+            addr: Address::new(&db.host, db.port),
+            login_params: vec![("user".into(), login_user.clone()), ("database".into(), dbname)],
+            login_user,
+            credential,
+            ctx,
+            poll,
+            sessions: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            upstream: None,
+            replies: Replies::new(),
+            jobs: VecDeque::new(),
+            job_error: None,
+            stream_owner: None,
+            owner: None,
+            queue: VecDeque::new(),
+            outbox: Outbox::new(),
+            needs_reset: false,
+            retry_at: None,
+            retry_delay: Duration::from_millis(250),
+            last_connect_error: String::new(),
+            shutting_down: false,
+            stop: false,
+        })
+    }
+
+    fn run(&mut self) -> i32 {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        while !self.stop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    error!("poll failed: {e}");
+                    return 1;
+                }
+            }
+            let mut channel_ready = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    CHANNEL => {
+                        channel_ready = true;
+                        if ev.is_writable() {
+                            self.flush_outbox();
+                        }
+                    }
+                    UPSTREAM => {
+                        if let Some(up) = self.upstream.as_mut() {
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                up.readable = true;
+                            }
+                            if ev.is_writable() || ev.is_error() {
+                                up.writable = true;
+                            }
+                        }
+                    }
+                    Token(t) => self.session_event(t - FIRST_SESSION, ev),
+                }
+            }
+            if channel_ready {
+                self.read_channel();
+            }
+            self.drive();
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + TICK;
+                self.janitor();
+            }
+        }
+        if let Some(mut up) = self.upstream.take() {
+            let mut out = Vec::new();
+            fe::terminate(&mut out);
+            let _ = up.conn.write(&out);
+            up.outbuf.clear();
+        }
+        0
+    }
+
+    // ----- channel to the supervisor -----
+
+    fn read_channel(&mut self) {
+        loop {
+            match self.ctx.channel.recv() {
+                Ok(Some((msg, fds))) => self.on_message(msg, fds),
+                Ok(None) => return,
+                Err(IpcError::Closed) => {
+                    info!("supervisor channel closed, exiting");
+                    self.stop = true;
+                    return;
+                }
+                Err(e) => {
+                    error!("bad message from supervisor: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: Msg, mut fds: Vec<std::os::fd::OwnedFd>) {
+        match msg {
+            Msg::Assign { record } => match fds.pop() {
+                Some(fd) => self.assign(record, fd),
+                None => error!("assign without a socket"),
+            },
+            Msg::Cancel { session_id } => self.cancel(session_id),
+            Msg::Shutdown => {
+                info!("shutdown requested");
+                self.shutting_down = true;
+            }
+            other => warn!("unexpected message {} from supervisor", other.name()),
+        }
+    }
+
+    fn send_supervisor(&mut self, msg: Msg) {
+        if let Err(e) = self.outbox.send(&self.ctx.channel, &msg, Vec::new()) {
+            warn!("cannot tell supervisor {}: {e}", msg.name());
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        if let Err(e) = self.outbox.flush(&self.ctx.channel) {
+            warn!("supervisor channel: {e}");
+        }
+    }
+
+    // ----- sessions arriving and leaving -----
+
+    fn assign(&mut self, record: SessionRecord, fd: std::os::fd::OwnedFd) {
+        let conn = match Conn::new(fd) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("s{}: unusable client socket: {e}", record.session_id);
+                self.send_supervisor(Msg::SessionClosed { session_id: record.session_id });
+                return;
+            }
+        };
+        conn.set_nodelay();
+        if let Err(msg) = self.ensure_upstream() {
+            let mut out = Vec::new();
+            be::error_response(&mut out, "FATAL", "08006", &msg);
+            let _ = conn.write_all_timeout(&out, Duration::from_millis(200));
+            self.send_supervisor(Msg::SessionClosed { session_id: record.session_id });
+            return;
+        }
+        let settings = settings::from_startup(&record.startup_params);
+        let mut s = Session::new(record, conn, settings);
+        self.greet(&mut s);
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.sessions.push(None);
+                self.sessions.len() - 1
+            }
+        };
+        let fd = s.conn.raw_fd();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(idx + FIRST_SESSION),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("{}: register failed: {e}", s.label);
+            self.free.push(idx);
+            self.send_supervisor(Msg::SessionClosed { session_id: s.id });
+            return;
+        }
+        debug!("{}: assigned", s.label);
+        self.by_id.insert(s.id, idx);
+        if let Err(e) = s.flush() {
+            debug!("{}: greeting failed: {e}", s.label);
+        }
+        if let Some(slot) = self.sessions.get_mut(idx) {
+            *slot = Some(s);
+        }
+    }
+
+    /// AuthenticationOk, the server's parameters as this session will see them, its cancel key, ReadyForQuery.
+    fn greet(&self, s: &mut Session) {
+        be::auth_ok(&mut s.out);
+        if let Some(up) = self.upstream.as_ref() {
+            for (name, value) in &up.params {
+                let lower = name.to_ascii_lowercase();
+                let v = s.settings.iter().find(|(n, _)| *n == lower).map(|(_, v)| v.as_str()).unwrap_or(value);
+                be::parameter_status(&mut s.out, name, v);
+            }
+        }
+        be::backend_key_data(&mut s.out, s.record.cancel_pid, s.record.cancel_key);
+        be::ready_for_query(&mut s.out, b'I');
+    }
+
+    fn session(&mut self, idx: usize) -> Option<&mut Session> {
+        self.sessions.get_mut(idx).and_then(|s| s.as_mut())
+    }
+
+    fn session_event(&mut self, idx: usize, ev: &mio::event::Event) {
+        let owner = self.owner;
+        let Some(s) = self.session(idx) else { return };
+        if ev.is_writable() || ev.is_error() {
+            s.writable = true;
+        }
+        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        if readable {
+            s.readable = true;
+        }
+        if s.pending_out() > 0 && s.writable {
+            if let Err(e) = s.flush() {
+                let label = s.label.clone();
+                self.close_session(idx, &format!("client write failed: {e}"), None);
+                debug!("{label}: closed");
+                return;
+            }
+        }
+        let Some(s) = self.session(idx) else { return };
+        if readable && owner != Some(idx) && !s.queued {
+            s.queued = true;
+            self.queue.push_back(idx);
+        }
+    }
+
+    /// Remove a session. `error` is sent to the client first (SQLSTATE, message). If it owned the upstream, the
+    /// upstream is cleaned before anyone else may use it.
+    fn close_session(&mut self, idx: usize, reason: &str, error: Option<(&str, &str)>) {
+        let Some(mut s) = self.sessions.get_mut(idx).and_then(|slot| slot.take()) else { return };
+        self.free.push(idx);
+        self.by_id.remove(&s.id);
+        let _ = self.poll.registry().deregister(&mut SourceFd(&s.conn.raw_fd()));
+        if let Some((code, message)) = error {
+            be::error_response(&mut s.out, "FATAL", code, message);
+            let pending = s.out.get(s.out_pos..).unwrap_or_default();
+            let _ = s.conn.write_all_timeout(pending, Duration::from_millis(100));
+        }
+        debug!("{}: closing: {reason}", s.label);
+        self.send_supervisor(Msg::SessionClosed { session_id: s.id });
+        if self.owner != Some(idx) {
+            return;
+        }
+        self.owner = None;
+        let running = self.replies.owes(s.id);
+        self.replies.orphan(s.id);
+        let Some(up) = self.upstream.as_mut() else { return };
+        if s.passthrough > 0 {
+            // Half a message went upstream: the protocol state cannot be recovered.
+            self.drop_upstream("client left in the middle of a message");
+            return;
+        }
+        if running {
+            if let Err(e) = upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2)) {
+                warn!("cancel after client left failed: {e}");
+            }
+        }
+        if up.copy_in {
+            fe::copy_fail(&mut up.outbuf, "client disconnected");
+            up.copy_in = false;
+        }
+        if self.replies.needs_sync() {
+            self.send_job_sync();
+        }
+        if self.pool_mode == PoolMode::Session {
+            self.needs_reset = true;
+        }
+    }
+
+    fn cancel(&mut self, session_id: u64) {
+        let Some(&idx) = self.by_id.get(&session_id) else { return };
+        if self.owner != Some(idx) || !self.replies.owes(session_id) {
+            debug!("s{session_id}: cancel ignored, nothing of it runs");
+            return;
+        }
+        if let Some(up) = self.upstream.as_ref() {
+            info!("s{session_id}: cancelling its running query");
+            if let Err(e) = upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2)) {
+                warn!("s{session_id}: cancel failed: {e}");
+            }
+        }
+    }
+
+    // ----- the upstream -----
+
+    fn ensure_upstream(&mut self) -> Result<(), String> {
+        if self.upstream.is_some() {
+            return Ok(());
+        }
+        if let Some(at) = self.retry_at {
+            if Instant::now() < at {
+                return Err(self.last_connect_error.clone());
+            }
+        }
+        let params: Vec<(&str, &str)> = self.login_params.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let timeout = self.ctx.config.pooler.server_connect_timeout;
+        match upstream::connect(&self.addr, &params, &self.login_user, &self.credential, timeout) {
+            Ok(up) => {
+                let fd = up.conn.raw_fd();
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&fd),
+                    UPSTREAM,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    return Err(format!("pgmux: cannot watch server connection: {e}"));
+                }
+                info!("new server connection to {} (backend pid {})", self.addr, up.backend_pid);
+                self.upstream = Some(up);
+                self.retry_at = None;
+                self.retry_delay = Duration::from_millis(250);
+                self.replies = Replies::new();
+                self.jobs.clear();
+                self.send_supervisor(Msg::WorkerStatus { upstream_up: true, sessions: self.by_id.len() as u32 });
+                Ok(())
+            }
+            Err(e) => {
+                warn!("server connection failed: {e}");
+                self.last_connect_error = format!("pgmux: {e}");
+                self.retry_at = Some(Instant::now() + self.retry_delay);
+                self.retry_delay = (self.retry_delay * 2).min(self.ctx.config.pooler.server_login_retry);
+                Err(self.last_connect_error.clone())
+            }
+        }
+    }
+
+    /// Forget the upstream; the session that owned it (if any) loses its connection as it would with PostgreSQL.
+    fn drop_upstream(&mut self, reason: &str) {
+        let Some(up) = self.upstream.take() else { return };
+        warn!("closing server connection (backend pid {}): {reason}", up.backend_pid);
+        let _ = self.poll.registry().deregister(&mut SourceFd(&up.conn.raw_fd()));
+        drop(up);
+        self.replies = Replies::new();
+        self.jobs.clear();
+        self.job_error = None;
+        self.stream_owner = None;
+        self.needs_reset = false;
+        if let Some(idx) = self.owner.take() {
+            self.close_session(idx, reason, Some(("08006", &format!("pgmux: server connection lost: {reason}"))));
+        }
+        self.send_supervisor(Msg::WorkerStatus { upstream_up: false, sessions: self.by_id.len() as u32 });
+    }
+
+    fn send_job_query(&mut self, sql: &str, job: Job) {
+        let Some(up) = self.upstream.as_mut() else { return };
+        fe::query(&mut up.outbuf, sql);
+        self.replies.push(Owner::Pgmux, b'Q', Disposition::Swallow);
+        self.jobs.push_back(job);
+    }
+
+    fn send_job_sync(&mut self) {
+        let Some(up) = self.upstream.as_mut() else { return };
+        fe::sync(&mut up.outbuf);
+        self.replies.push(Owner::Pgmux, b'S', Disposition::Swallow);
+        self.jobs.push_back(Job::Sync);
+    }
+
+    /// Run until nothing moves: write upstream, read upstream, read the owner, hand the upstream on.
+    fn drive(&mut self) {
+        for _ in 0..64 {
+            let mut progress = self.flush_upstream();
+            progress |= self.read_upstream();
+            progress |= self.read_owner();
+            progress |= self.flush_upstream();
+            progress |= self.settle();
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn flush_upstream(&mut self) -> bool {
+        let Some(up) = self.upstream.as_mut() else { return false };
+        let mut progress = false;
+        while up.out_pos < up.outbuf.len() && up.writable {
+            let pending = up.outbuf.get(up.out_pos..).unwrap_or_default();
+            match up.conn.write(pending) {
+                Ok(0) => up.writable = false,
+                Ok(n) => {
+                    up.out_pos += n;
+                    progress = true;
+                }
+                Err(e) => {
+                    self.drop_upstream(&format!("write failed: {e}"));
+                    return true;
+                }
+            }
+        }
+        if up.out_pos >= up.outbuf.len() {
+            up.outbuf.clear();
+            up.out_pos = 0;
+        }
+        progress
+    }
+
+    fn upstream_backlog(&self) -> usize {
+        self.upstream.as_ref().map(|u| u.outbuf.len() - u.out_pos).unwrap_or(0)
+    }
+
+    fn read_upstream(&mut self) -> bool {
+        let mut progress = false;
+        loop {
+            if let Some(o) = self.owner {
+                if self.sessions.get(o).and_then(|s| s.as_ref()).map(|s| s.pending_out()).unwrap_or(0) > HIGH_WATER {
+                    break;
+                }
+            }
+            let Some(up) = self.upstream.as_mut() else { break };
+            if !up.readable {
+                break;
+            }
+            match up.conn.read_into(&mut up.inbuf, READ_CHUNK) {
+                Ok(ReadOutcome::Data(_)) => {
+                    progress = true;
+                    if let Err(reason) = self.process_upstream_input() {
+                        self.drop_upstream(&reason);
+                        break;
+                    }
+                }
+                Ok(ReadOutcome::WouldBlock) => up.readable = false,
+                Ok(ReadOutcome::Eof) => {
+                    self.drop_upstream("server closed the connection unexpectedly");
+                    break;
+                }
+                Err(e) => {
+                    self.drop_upstream(&format!("read failed: {e}"));
+                    break;
+                }
+            }
+        }
+        if progress {
+            self.flush_owner();
+            self.check_release();
+        }
+        progress
+    }
+
+    fn flush_owner(&mut self) {
+        let Some(idx) = self.owner else { return };
+        let Some(s) = self.session(idx) else { return };
+        if let Err(e) = s.flush() {
+            self.close_session(idx, &format!("client write failed: {e}"), None);
+        }
+    }
+
+    /// Route every whole (or streamable) backend message in the upstream buffer.
+    fn process_upstream_input(&mut self) -> Result<(), String> {
+        let Some(mut up) = self.upstream.take() else { return Ok(()) };
+        let mut buf = std::mem::take(&mut up.inbuf);
+        self.upstream = Some(up);
+        let result = self.route_backend(&mut buf);
+        if let Some(up) = self.upstream.as_mut() {
+            up.inbuf = buf;
+        }
+        result
+    }
+
+    fn route_backend(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+        let mut pos = 0;
+        let result = loop {
+            let avail = buf.len() - pos;
+            let passthrough = self.upstream.as_ref().map(|u| u.passthrough).unwrap_or(0);
+            if passthrough > 0 {
+                let n = passthrough.min(avail);
+                if n == 0 {
+                    break Ok(());
+                }
+                let owner = self.stream_owner;
+                self.deliver(owner, Disposition::Forward, buf.get(pos..pos + n).unwrap_or_default());
+                pos += n;
+                if let Some(up) = self.upstream.as_mut() {
+                    up.passthrough -= n;
+                }
+                continue;
+            }
+            let rest = buf.get(pos..).unwrap_or_default();
+            let Some(h) = frame::peek_header(rest) else { break Ok(()) };
+            if let Err(e) = frame::check_backend(h, frame::DEFAULT_MAX_MESSAGE_LEN) {
+                break Err(format!("bad message from server: {e}"));
+            }
+            let total = h.total_len();
+            let complete = avail >= total;
+            let streamable = matches!(h.tag, b'D' | b'd' | b'T' | b't') && total > STREAM_THRESHOLD;
+            if !complete && !streamable {
+                if h.len > MAX_BUFFERED_BACKEND {
+                    break Err(format!("server message '{}' of {} bytes is too large", h.tag as char, h.len));
+                }
+                break Ok(());
+            }
+            let route = match self.replies.on_backend(h.tag) {
+                Ok(r) => r,
+                Err(e) => break Err(e.to_string()),
+            };
+            if !complete {
+                // Stream the rest of a large row through without buffering it.
+                let msg = rest;
+                self.deliver(route.owner, route.disposition, msg);
+                if let Some(up) = self.upstream.as_mut() {
+                    up.passthrough = total - avail;
+                }
+                self.stream_owner = if route.disposition == Disposition::Forward { route.owner } else { None };
+                pos = buf.len();
+                break Ok(());
+            }
+            let msg = rest.get(..total).unwrap_or_default();
+            let body = msg.get(frame::HEADER_LEN..).unwrap_or_default();
+            match h.tag {
+                b'Z' => {
+                    if let (Ok(status), Some(up)) = (be::parse_ready_for_query(body), self.upstream.as_mut()) {
+                        up.txn_status = status;
+                        up.copy_in = false;
+                    }
+                }
+                b'G' => {
+                    if let Some(up) = self.upstream.as_mut() {
+                        up.copy_in = true;
+                    }
+                }
+                b'S' => {
+                    if let (Some(Owner::Session(id)), Ok((name, value))) =
+                        (route.owner, be::parse_parameter_status(body))
+                    {
+                        self.note_parameter(id, name, value);
+                    }
+                }
+                b'E' => {
+                    if let Some(up) = self.upstream.as_mut() {
+                        up.copy_in = false;
+                    }
+                    if route.owner == Some(Owner::Pgmux) {
+                        self.job_error = Some(msg.to_vec());
+                    }
+                }
+                _ => {}
+            }
+            self.deliver(route.owner, route.disposition, msg);
+            pos += total;
+            if route.ready && route.owner == Some(Owner::Pgmux) {
+                self.job_done();
+            }
+            if self.upstream.is_none() {
+                break Ok(());
+            }
+        };
+        buf.drain(..pos.min(buf.len()));
+        result
+    }
+
+    /// A reported setting changed in a session's own statement: remember it for that session and the upstream.
+    fn note_parameter(&mut self, session_id: u64, name: &str, value: &str) {
+        if !settings::is_tracked_reported(name) {
+            return;
+        }
+        let lower = name.to_ascii_lowercase();
+        if let Some(&idx) = self.by_id.get(&session_id) {
+            if let Some(s) = self.session(idx) {
+                s.set(lower.clone(), value.to_string());
+            }
+        }
+        if let Some(up) = self.upstream.as_mut() {
+            up.applied.insert(lower, value.to_string());
+            up.applied_for = Some(session_id);
+        }
+    }
+
+    fn deliver(&mut self, owner: Option<Owner>, disposition: Disposition, bytes: &[u8]) {
+        if disposition == Disposition::Swallow {
+            return;
+        }
+        let idx = match owner {
+            Some(Owner::Session(id)) => self.by_id.get(&id).copied(),
+            // An asynchronous message while nothing is owed (a notice after a transaction, a notification): it
+            // belongs to nobody in transaction mode; in session mode to the session that holds the upstream.
+            None if self.pool_mode == PoolMode::Session => self.owner,
+            _ => None,
+        };
+        if let Some(s) = idx.and_then(|i| self.session(i)) {
+            s.out.extend_from_slice(bytes);
+        }
+    }
+
+    /// pgmux's own query or Sync has been answered.
+    fn job_done(&mut self) {
+        let job = self.jobs.pop_front();
+        let error = self.job_error.take();
+        match job {
+            Some(Job::Settings { session_id, wanted }) => {
+                let idx = self.by_id.get(&session_id).copied();
+                match error {
+                    None => {
+                        if let Some(up) = self.upstream.as_mut() {
+                            up.applied = wanted.into_iter().collect();
+                            up.applied_for = Some(session_id);
+                        }
+                    }
+                    Some(err) => {
+                        // A setting the session asked for at startup is invalid: it fails for this session only,
+                        // as PostgreSQL would have refused the connection.
+                        if let Some(idx) = idx {
+                            if let Some(s) = self.session(idx) {
+                                s.out.extend_from_slice(&err);
+                            }
+                            self.close_session(idx, "invalid startup parameter", None);
+                        }
+                    }
+                }
+            }
+            Some(Job::Rollback) | Some(Job::Reset) | Some(Job::Sync) => {
+                if let Some(err) = error {
+                    let fields = be::parse_error_fields(err.get(frame::HEADER_LEN..).unwrap_or_default());
+                    warn!("clean-up query failed: {}", fields.map(|f| f.message).unwrap_or_default());
+                }
+            }
+            None => warn!("ReadyForQuery for a pgmux query that was never sent"),
+        }
+    }
+
+    // ----- the owning session -----
+
+    fn read_owner(&mut self) -> bool {
+        let Some(idx) = self.owner else { return false };
+        if self.jobs.iter().any(|j| matches!(j, Job::Settings { .. })) {
+            // Its settings are being applied; its request waits in the kernel until they are.
+            return false;
+        }
+        let mut progress = false;
+        loop {
+            if self.upstream_backlog() > HIGH_WATER || self.upstream.is_none() {
+                break;
+            }
+            let Some(s) = self.session(idx) else { break };
+            if !s.readable {
+                break;
+            }
+            match s.conn.read_into(&mut s.inbuf, READ_CHUNK) {
+                Ok(ReadOutcome::Data(_)) => {
+                    progress = true;
+                    if !self.forward_client_input(idx) {
+                        return true;
+                    }
+                }
+                Ok(ReadOutcome::WouldBlock) => s.readable = false,
+                Ok(ReadOutcome::Eof) => {
+                    self.close_session(idx, "client closed the connection", None);
+                    return true;
+                }
+                Err(e) => {
+                    self.close_session(idx, &format!("client read failed: {e}"), None);
+                    return true;
+                }
+            }
+        }
+        self.check_release();
+        progress
+    }
+
+    /// Move the owner's whole messages (and the streamed part of a large one) upstream. False if the session was
+    /// closed.
+    fn forward_client_input(&mut self, idx: usize) -> bool {
+        let max_len = self.ctx.config.pooler.max_packet_size;
+        let Some(up) = self.upstream.as_mut() else { return true };
+        let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) else { return false };
+        let mut pos = 0;
+        let mut fault: Option<String> = None;
+        let mut terminate = false;
+        loop {
+            let avail = s.inbuf.len() - pos;
+            if s.passthrough > 0 {
+                let n = s.passthrough.min(avail);
+                if n == 0 {
+                    break;
+                }
+                up.outbuf.extend_from_slice(s.inbuf.get(pos..pos + n).unwrap_or_default());
+                s.passthrough -= n;
+                pos += n;
+                continue;
+            }
+            let rest = s.inbuf.get(pos..).unwrap_or_default();
+            let Some(h) = frame::peek_header(rest) else { break };
+            if let Err(e) = frame::check_frontend(h, max_len) {
+                fault = Some(e.to_string());
+                break;
+            }
+            match h.tag {
+                b'X' => {
+                    terminate = true;
+                    pos += h.total_len().min(avail);
+                    break;
+                }
+                b'p' => {
+                    fault = Some("unexpected password message after authentication".into());
+                    break;
+                }
+                b'c' | b'f' => up.copy_in = false,
+                _ => {}
+            }
+            let total = h.total_len();
+            s.turn_sent = true;
+            if avail >= total {
+                up.outbuf.extend_from_slice(rest.get(..total).unwrap_or_default());
+                self.replies.push(Owner::Session(s.id), h.tag, Disposition::Forward);
+                pos += total;
+            } else if total > STREAM_THRESHOLD {
+                up.outbuf.extend_from_slice(rest);
+                self.replies.push(Owner::Session(s.id), h.tag, Disposition::Forward);
+                s.passthrough = total - avail;
+                pos = s.inbuf.len();
+                break;
+            } else {
+                break;
+            }
+        }
+        s.inbuf.drain(..pos.min(s.inbuf.len()));
+        if let Some(reason) = fault {
+            self.close_session(idx, &reason, Some(("08P01", &reason)));
+            return false;
+        }
+        if terminate {
+            self.close_session(idx, "client sent Terminate", None);
+            return false;
+        }
+        true
+    }
+
+    /// Hand the upstream back when the owner's transaction is over and nothing is owed.
+    fn check_release(&mut self) {
+        let Some(idx) = self.owner else { return };
+        let Some(up) = self.upstream.as_ref() else { return };
+        if !self.replies.is_empty() || self.replies.needs_sync() || !self.jobs.is_empty() {
+            return;
+        }
+        let status = up.txn_status;
+        let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
+        if s.passthrough > 0 || !s.inbuf.is_empty() || (s.readable && !s.turn_sent) {
+            return;
+        }
+        match self.pool_mode {
+            PoolMode::Session => return,
+            PoolMode::Statement if status != b'I' => {
+                self.close_session(
+                    idx,
+                    "transaction block in statement mode",
+                    Some(("08P01", "transaction blocks not allowed in statement pooling mode")),
+                );
+                return;
+            }
+            _ if status != b'I' => return,
+            _ => {}
+        }
+        self.owner = None;
+        let readable = s.readable;
+        if readable {
+            if let Some(s) = self.session(idx) {
+                s.queued = true;
+            }
+            self.queue.push_back(idx);
+        }
+    }
+
+    /// When nobody owns the upstream: finish clean-up, then give it to the next waiting session.
+    fn settle(&mut self) -> bool {
+        let mut progress = false;
+        loop {
+            if self.owner.is_some() || !self.replies.is_empty() || !self.jobs.is_empty() {
+                return progress;
+            }
+            if self.upstream.is_none() {
+                if self.queue.is_empty() || self.shutting_down {
+                    return progress;
+                }
+                if let Err(msg) = self.ensure_upstream() {
+                    // Nobody can be served: tell the waiting clients instead of leaving them hanging.
+                    while let Some(idx) = self.queue.pop_front() {
+                        self.close_session(idx, "server unavailable", Some(("08006", &msg)));
+                    }
+                    return true;
+                }
+                progress = true;
+            }
+            let Some(up) = self.upstream.as_ref() else { return progress };
+            if up.passthrough > 0 {
+                return progress;
+            }
+            if self.replies.needs_sync() {
+                self.send_job_sync();
+                return true;
+            }
+            if up.txn_status != b'I' {
+                self.send_job_query("ROLLBACK", Job::Rollback);
+                return true;
+            }
+            if self.needs_reset {
+                self.needs_reset = false;
+                let q = self.ctx.config.pooler.server_reset_query.clone();
+                if !q.trim().is_empty() {
+                    if let Some(up) = self.upstream.as_mut() {
+                        up.applied.clear();
+                        up.applied_for = None;
+                    }
+                    self.send_job_query(&q, Job::Reset);
+                    return true;
+                }
+            }
+            if self.shutting_down {
+                return progress;
+            }
+            let Some(idx) = self.queue.pop_front() else { return progress };
+            let Some(s) = self.session(idx) else { continue };
+            if !s.queued {
+                continue;
+            }
+            s.queued = false;
+            self.begin_turn(idx);
+            progress = true;
+        }
+    }
+
+    fn begin_turn(&mut self, idx: usize) {
+        self.owner = Some(idx);
+        let Some(s) = self.session(idx) else { return };
+        s.turn_sent = false;
+        let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
+        let Some(up) = self.upstream.as_ref() else { return };
+        if up.applied_for == Some(s.id) {
+            return;
+        }
+        let id = s.id;
+        match settings::diff_sql(&up.applied, &s.settings) {
+            Some(sql) => {
+                let wanted = s.settings.clone();
+                debug!("{}: applying settings: {sql}", s.label);
+                self.send_job_query(&sql, Job::Settings { session_id: id, wanted });
+            }
+            None => {
+                if let Some(up) = self.upstream.as_mut() {
+                    up.applied_for = Some(id);
+                }
+            }
+        }
+    }
+
+    // ----- periodic checks -----
+
+    fn janitor(&mut self) {
+        if !crate::process::parent_alive(self.ctx.parent) {
+            warn!("supervisor is gone, exiting");
+            self.stop = true;
+            return;
+        }
+        if !self.outbox.is_empty() {
+            self.flush_outbox();
+        }
+        if self.shutting_down && self.owner.is_none() && self.replies.is_empty() {
+            let ids: Vec<usize> = (0..self.sessions.len()).filter(|i| self.sessions[*i].is_some()).collect();
+            for idx in ids {
+                self.close_session(idx, "pooler shutting down", Some(("57P01", "pgmux is shutting down")));
+            }
+            self.flush_outbox();
+            self.stop = true;
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The queue of replies one upstream owes: the multiplexing invariant of a worker lives here.
+//!
+//! Every frontend message that pgmux sends upstream and that PostgreSQL answers gets an entry, in order: who the
+//! answer is for (a session, or pgmux itself) and what to do with it (forward it to the session's client, or swallow
+//! it because pgmux added the message). Backend messages are matched against the front of the queue following the
+//! protocol's rules: a Query or a Sync is answered up to ReadyForQuery; Parse, Bind and Close by one completion
+//! message; Describe by RowDescription or NoData (after an optional ParameterDescription); Execute by rows and a
+//! CommandComplete, EmptyQueryResponse or PortalSuspended. An ErrorResponse to an extended-protocol message means
+//! PostgreSQL skips every message up to the next Sync, so those entries are dropped too, and any extended message
+//! sent before that Sync arrives is skipped the same way.
+//!
+//! The worker may hand the upstream to another session only when this queue is empty, so a reply can never reach
+//! the wrong client. A backend message that fits no entry is a desynchronisation: the worker must drop the upstream.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+/// Who an upstream reply belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A client session, by its session id (never a slab index, which can be reused).
+    Session(u64),
+    /// pgmux itself (settings sync, rollback after a client left, reset queries).
+    Pgmux,
+    /// A session that has left; its replies are dropped.
+    Gone,
+}
+
+/// What happens to the replies of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Forward,
+    Swallow,
+}
+
+/// The frontend message an entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Query,
+    FunctionCall,
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+}
+
+impl Kind {
+    /// The frontend message types that PostgreSQL answers, mapped to their entry kind. Flush, CopyData, CopyDone
+    /// and CopyFail get no entry of their own: what they cause is part of the COPY's Query or Execute entry.
+    pub fn of_frontend(tag: u8) -> Option<Kind> {
+        Some(match tag {
+            b'Q' => Kind::Query,
+            b'F' => Kind::FunctionCall,
+            b'P' => Kind::Parse,
+            b'B' => Kind::Bind,
+            b'D' => Kind::Describe,
+            b'E' => Kind::Execute,
+            b'C' => Kind::Close,
+            b'S' => Kind::Sync,
+            _ => return None,
+        })
+    }
+
+    /// Answered by ReadyForQuery.
+    fn ends_with_ready(self) -> bool {
+        matches!(self, Kind::Query | Kind::FunctionCall | Kind::Sync)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    owner: Owner,
+    kind: Kind,
+    disposition: Disposition,
+}
+
+/// Where one backend message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// None for an asynchronous message (notice, parameter status, notification) arriving while nothing is owed.
+    pub owner: Option<Owner>,
+    pub disposition: Disposition,
+    /// Set on ReadyForQuery: the entry it closed.
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desync {
+    pub tag: u8,
+    pub expected: Option<Kind>,
+}
+
+impl fmt::Display for Desync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.expected {
+            Some(k) => write!(f, "upstream sent message '{}' while a reply to {:?} was due", self.tag as char, k),
+            None => write!(f, "upstream sent message '{}' while no reply was due", self.tag as char),
+        }
+    }
+}
+
+impl std::error::Error for Desync {}
+
+#[derive(Debug, Default)]
+pub struct Replies {
+    queue: VecDeque<Entry>,
+    /// An extended-protocol error was answered and no Sync has been sent since: PostgreSQL ignores every message
+    /// up to the next Sync, so such messages get no entry.
+    skipping: bool,
+}
+
+impl Replies {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Record a frontend message sent upstream. Messages PostgreSQL does not answer are ignored.
+    pub fn push(&mut self, owner: Owner, tag: u8, disposition: Disposition) {
+        let Some(kind) = Kind::of_frontend(tag) else { return };
+        if self.skipping {
+            if kind != Kind::Sync {
+                // PostgreSQL ignores every message, a simple Query included, until the Sync arrives.
+                return;
+            }
+            self.skipping = false;
+        }
+        self.queue.push_back(Entry { owner, kind, disposition });
+    }
+
+    /// True when the last message sent upstream leaves PostgreSQL waiting for a Sync before it will answer with
+    /// ReadyForQuery: extended-protocol messages without a Sync after them, or an error being skipped.
+    pub fn needs_sync(&self) -> bool {
+        if self.skipping {
+            return true;
+        }
+        match self.queue.back() {
+            Some(e) => !e.kind.ends_with_ready(),
+            None => false,
+        }
+    }
+
+    /// The session left: whatever it is still owed is swallowed.
+    pub fn orphan(&mut self, session_id: u64) {
+        for e in self.queue.iter_mut() {
+            if e.owner == Owner::Session(session_id) {
+                e.owner = Owner::Gone;
+                e.disposition = Disposition::Swallow;
+            }
+        }
+    }
+
+    /// True while a reply is owed to this session.
+    pub fn owes(&self, session_id: u64) -> bool {
+        self.queue.iter().any(|e| e.owner == Owner::Session(session_id))
+    }
+
+    /// Route one backend message by its type byte.
+    pub fn on_backend(&mut self, tag: u8) -> Result<Route, Desync> {
+        let front = self.queue.front().copied();
+        let route_to = |e: Entry, ready: bool| Route { owner: Some(e.owner), disposition: e.disposition, ready };
+        match tag {
+            // Asynchronous messages may come at any time; they go to whoever the upstream is working for.
+            b'N' | b'S' | b'A' => Ok(match front {
+                Some(e) => route_to(e, false),
+                None => Route { owner: None, disposition: Disposition::Forward, ready: false },
+            }),
+            _ => {
+                let Some(e) = front else { return Err(Desync { tag, expected: None }) };
+                let bad = || Desync { tag, expected: Some(e.kind) };
+                match (e.kind, tag) {
+                    (Kind::Query | Kind::FunctionCall | Kind::Sync, b'Z') => {
+                        self.queue.pop_front();
+                        Ok(route_to(e, true))
+                    }
+                    // Everything a simple query or a function call produces belongs to it until ReadyForQuery.
+                    (Kind::Query, b'T' | b'D' | b'C' | b'I' | b'E' | b'G' | b'H' | b'W' | b'd' | b'c') => {
+                        Ok(route_to(e, false))
+                    }
+                    (Kind::FunctionCall, b'V' | b'E') => Ok(route_to(e, false)),
+                    (Kind::Parse, b'1') | (Kind::Bind, b'2') | (Kind::Close, b'3') => {
+                        self.queue.pop_front();
+                        Ok(route_to(e, false))
+                    }
+                    (Kind::Describe, b't') => Ok(route_to(e, false)),
+                    (Kind::Describe, b'T' | b'n') => {
+                        self.queue.pop_front();
+                        Ok(route_to(e, false))
+                    }
+                    (Kind::Execute, b'D' | b'G' | b'H' | b'W' | b'd' | b'c') => Ok(route_to(e, false)),
+                    (Kind::Execute, b'C' | b'I' | b's') => {
+                        self.queue.pop_front();
+                        Ok(route_to(e, false))
+                    }
+                    (Kind::Sync, _) => Err(bad()),
+                    (_, b'E') => {
+                        // An extended-protocol message failed: PostgreSQL now skips to the next Sync.
+                        self.queue.pop_front();
+                        while let Some(next) = self.queue.front() {
+                            if next.kind == Kind::Sync {
+                                break;
+                            }
+                            self.queue.pop_front();
+                        }
+                        if self.queue.is_empty() {
+                            self.skipping = true;
+                        }
+                        Ok(route_to(e, false))
+                    }
+                    _ => Err(bad()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Owner = Owner::Session(1);
+    const B: Owner = Owner::Session(2);
+    const FWD: Disposition = Disposition::Forward;
+    const SWALLOW: Disposition = Disposition::Swallow;
+
+    /// Push `sent` (owner, tags), then feed `received` and compare each route's owner and readiness.
+    fn run(sent: &[(Owner, &str, Disposition)], received: &str) -> Vec<Result<(Option<Owner>, bool), u8>> {
+        let mut r = Replies::new();
+        for (owner, tags, d) in sent {
+            for t in tags.bytes() {
+                r.push(*owner, t, *d);
+            }
+        }
+        received
+            .bytes()
+            .map(|t| r.on_backend(t).map(|route| (route.owner, route.ready)).map_err(|e| e.tag))
+            .collect()
+    }
+
+    #[test]
+    fn table() {
+        struct Case {
+            name: &'static str,
+            sent: Vec<(Owner, &'static str, Disposition)>,
+            received: &'static str,
+            expect: Vec<Result<(Option<Owner>, bool), u8>>,
+        }
+        let s = |o| Ok((Some(o), false));
+        let z = |o| Ok((Some(o), true));
+        let cases = vec![
+            Case { name: "simple query", sent: vec![(A, "Q", FWD)], received: "TDDCZ", expect: vec![s(A), s(A), s(A), s(A), z(A)] },
+            Case { name: "query error", sent: vec![(A, "Q", FWD)], received: "EZ", expect: vec![s(A), z(A)] },
+            Case {
+                name: "extended pipeline",
+                sent: vec![(A, "PBDES", FWD)],
+                received: "12TDCZ",
+                expect: vec![s(A), s(A), s(A), s(A), s(A), z(A)],
+            },
+            Case {
+                name: "describe statement",
+                sent: vec![(A, "PDS", FWD)],
+                received: "1tnZ",
+                expect: vec![s(A), s(A), s(A), z(A)],
+            },
+            Case {
+                name: "error skips to sync",
+                sent: vec![(A, "PBES", FWD)],
+                received: "EZ",
+                expect: vec![s(A), z(A)],
+            },
+            Case {
+                name: "two syncs",
+                sent: vec![(A, "PBESBES", FWD)],
+                received: "12CZ2CZ",
+                expect: vec![s(A), s(A), s(A), z(A), s(A), s(A), z(A)],
+            },
+            Case {
+                name: "error in first of two batches",
+                sent: vec![(A, "BESBES", FWD)],
+                received: "EZ2CZ",
+                expect: vec![s(A), z(A), s(A), s(A), z(A)],
+            },
+            Case {
+                name: "pgmux query before a session's",
+                sent: vec![(Owner::Pgmux, "Q", SWALLOW), (A, "Q", FWD)],
+                received: "SCZCZ",
+                expect: vec![s(Owner::Pgmux), s(Owner::Pgmux), z(Owner::Pgmux), s(A), z(A)],
+            },
+            Case {
+                name: "notice while idle has no owner",
+                sent: vec![],
+                received: "N",
+                expect: vec![Ok((None, false))],
+            },
+            Case { name: "unexpected ready", sent: vec![], received: "Z", expect: vec![Err(b'Z')] },
+            Case { name: "wrong completion", sent: vec![(A, "B", FWD)], received: "1", expect: vec![Err(b'1')] },
+            Case {
+                name: "copy in via query",
+                sent: vec![(A, "Qddc", FWD)],
+                received: "GCZ",
+                expect: vec![s(A), s(A), z(A)],
+            },
+            Case {
+                name: "copy out via execute",
+                sent: vec![(A, "BES", FWD)],
+                received: "2HddcCZ",
+                expect: vec![s(A), s(A), s(A), s(A), s(A), s(A), z(A)],
+            },
+            Case {
+                name: "portal suspended",
+                sent: vec![(A, "BEES", FWD)],
+                received: "2DsDCZ",
+                expect: vec![s(A), s(A), s(A), s(A), s(A), z(A)],
+            },
+            Case {
+                name: "flush only: nothing owed",
+                sent: vec![(A, "H", FWD)],
+                received: "Z",
+                expect: vec![Err(b'Z')],
+            },
+            Case {
+                name: "two sessions in order",
+                sent: vec![(A, "Q", FWD), (B, "Q", FWD)],
+                received: "CZCZ",
+                expect: vec![s(A), z(A), s(B), z(B)],
+            },
+        ];
+        for c in cases {
+            assert_eq!(run(&c.sent, c.received), c.expect, "case {}", c.name);
+        }
+    }
+
+    #[test]
+    fn skipping_persists_until_sync() {
+        let mut r = Replies::new();
+        for t in b"PB" {
+            r.push(A, *t, FWD);
+        }
+        assert!(r.on_backend(b'E').is_ok());
+        assert!(r.is_empty());
+        assert!(r.needs_sync());
+        // Sent after the error but before a Sync: ignored by PostgreSQL, so no entry.
+        r.push(A, b'E', FWD);
+        assert!(r.is_empty());
+        r.push(A, b'S', FWD);
+        assert!(!r.needs_sync());
+        assert_eq!(r.on_backend(b'Z').map(|x| x.ready), Ok(true));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn orphaned_replies_are_swallowed() {
+        let mut r = Replies::new();
+        r.push(A, b'Q', FWD);
+        r.push(B, b'Q', FWD);
+        r.orphan(1);
+        assert!(!r.owes(1));
+        assert!(r.owes(2));
+        let route = r.on_backend(b'C').ok();
+        assert_eq!(route.map(|x| (x.owner, x.disposition)), Some((Some(Owner::Gone), SWALLOW)));
+    }
+
+    #[test]
+    fn needs_sync_tracks_extended_without_sync() {
+        let mut r = Replies::new();
+        assert!(!r.needs_sync());
+        r.push(A, b'P', FWD);
+        assert!(r.needs_sync());
+        r.push(A, b'S', FWD);
+        assert!(!r.needs_sync());
+        r.push(A, b'H', FWD);
+        assert!(!r.needs_sync());
+    }
+}

@@ -1,0 +1,88 @@
+//! One client session inside a worker: its socket, its buffers and the state that travels in its record.
+//!
+//! A session is a plain struct in the worker's slab. It never touches the upstream itself; the worker decides when
+//! its bytes are read (only while it owns the upstream, so a waiting request stays in the kernel) and where the
+//! upstream's replies go.
+
+use std::io;
+
+use pgmux_ipc::SessionRecord;
+
+use crate::net::Conn;
+
+pub struct Session {
+    pub id: u64,
+    pub record: SessionRecord,
+    pub conn: Conn,
+    /// Settings this session expects on the upstream, lower-case names (see `settings`).
+    pub settings: Vec<(String, String)>,
+    /// Client bytes read but not yet sent upstream: at most one partial message.
+    pub inbuf: Vec<u8>,
+    /// Bytes of a large client message still to stream upstream unbuffered.
+    pub passthrough: usize,
+    /// Bytes waiting to be written to the client.
+    pub out: Vec<u8>,
+    pub out_pos: usize,
+    /// Edge-triggered readiness as last reported and not yet used up.
+    pub readable: bool,
+    pub writable: bool,
+    /// In the worker's wait queue.
+    pub queued: bool,
+    /// Sent at least one message upstream during its current turn; until then its turn is not over.
+    pub turn_sent: bool,
+    /// Short name for log lines: "s42 alice@127.0.0.1:50000".
+    pub label: String,
+}
+
+impl Session {
+    pub fn new(record: SessionRecord, conn: Conn, settings: Vec<(String, String)>) -> Session {
+        let label = format!("s{} {}@{}", record.session_id, record.user, record.client_addr);
+        Session {
+            id: record.session_id,
+            record,
+            conn,
+            settings,
+            inbuf: Vec::new(),
+            passthrough: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            readable: false,
+            writable: true,
+            queued: false,
+            turn_sent: false,
+            label,
+        }
+    }
+
+    pub fn pending_out(&self) -> usize {
+        self.out.len().saturating_sub(self.out_pos)
+    }
+
+    /// Write what the socket takes. Ok(true) when everything has gone.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.out_pos < self.out.len() {
+            if !self.writable {
+                return Ok(false);
+            }
+            let pending = self.out.get(self.out_pos..).unwrap_or_default();
+            let n = self.conn.write(pending)?;
+            if n == 0 {
+                self.writable = false;
+                return Ok(false);
+            }
+            self.out_pos += n;
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(true)
+    }
+
+    /// Record a setting the client changed (confirmed by the upstream's ParameterStatus).
+    pub fn set(&mut self, name: String, value: String) {
+        if let Some(slot) = self.settings.iter_mut().find(|(n, _)| *n == name) {
+            slot.1 = value;
+        } else {
+            self.settings.push((name, value));
+        }
+    }
+}
