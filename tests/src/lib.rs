@@ -1,1 +1,18 @@
-//! placeholder
+//! Fixtures for pgmux's integration tests (`tests/tests/*.rs`): a throwaway
+//! PostgreSQL 15 per test binary ([`Postgres::shared`]), the real pgmux binary
+//! in front of it ([`Pgmux::start`] with a [`PgmuxConfig`]), and raw-socket
+//! helpers for input no driver would send ([`util`]).
+//!
+//! Failures are loud: missing PostgreSQL binaries or a missing pgmux binary
+//! panic with what to install or build; a failing test prints the ends of the
+//! pgmux and PostgreSQL logs.
+
+pub mod pgmux;
+pub mod postgres;
+pub mod util;
+
+pub use crate::pgmux::{Pgmux, PgmuxConfig, DEFAULT_USERS};
+pub use crate::postgres::Postgres;
+pub use crate::util::{
+    error_message, free_port, raw_connect, read_backend_message, startup_packet, wait_until,
+};
