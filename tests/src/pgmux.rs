@@ -64,6 +64,7 @@ impl PgmuxConfig {
             .set("auth_type", "\"trust\"")
             .set("pool_mode", "\"transaction\"")
             .set("default_pool_size", "4")
+            .set("max_client_conn", "5000")
             .database("appdb", &[("dbname", "\"appdb\"")])
             .database("otherdb", &[("dbname", "\"otherdb\"")])
             .database("*", &[])
