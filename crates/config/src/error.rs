@@ -17,28 +17,15 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(file: &Path, message: impl Into<String>) -> Self {
-        ConfigError {
-            file: file.to_path_buf(),
-            key: None,
-            message: message.into(),
-        }
+        ConfigError { file: file.to_path_buf(), key: None, message: message.into() }
     }
 
     pub(crate) fn at_key(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            file: file.to_path_buf(),
-            key: Some(key.into()),
-            message: message.into(),
-        }
+        ConfigError { file: file.to_path_buf(), key: Some(key.into()), message: message.into() }
     }
 
     /// An error at a 1-based line (and optionally column) of a text file.
-    pub(crate) fn at_line(
-        file: &Path,
-        line: usize,
-        column: Option<usize>,
-        message: impl fmt::Display,
-    ) -> Self {
+    pub(crate) fn at_line(file: &Path, line: usize, column: Option<usize>, message: impl fmt::Display) -> Self {
         let message = match column {
             Some(column) => format!("line {line}, column {column}: {message}"),
             None => format!("line {line}: {message}"),

@@ -41,15 +41,7 @@ const POOLER_KEYS: &[&str] = &[
     "pidfile",
 ];
 
-const DATABASE_KEYS: &[&str] = &[
-    "host",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "pool_size",
-    "pool_mode",
-];
+const DATABASE_KEYS: &[&str] = &["host", "port", "dbname", "user", "password", "pool_size", "pool_mode"];
 
 /// How clients prove who they are (`auth_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,11 +199,7 @@ impl Config {
         top.sort();
         for key in top {
             if key != "pooler" && key != "databases" {
-                return Err(ConfigError::at_key(
-                    path,
-                    toml_key(key),
-                    "unknown table (expected pooler or databases)",
-                ));
+                return Err(ConfigError::at_key(path, toml_key(key), "unknown table (expected pooler or databases)"));
             }
         }
         let empty = toml::Table::new();
@@ -228,21 +216,13 @@ impl Config {
                 "no database configured (add a [databases.NAME] or [databases.\"*\"] table)",
             ));
         }
-        Ok(Config {
-            path: path.to_path_buf(),
-            pooler,
-            databases,
-        })
+        Ok(Config { path: path.to_path_buf(), pooler, databases })
     }
 
     /// The entry for `name`, else the `*` fallback, else `None`.
     pub fn database(&self, name: &str) -> Option<&Database> {
-        let find = |n: &str| {
-            self.databases
-                .binary_search_by(|db| db.name.as_str().cmp(n))
-                .ok()
-                .map(|i| &self.databases[i])
-        };
+        let find =
+            |n: &str| self.databases.binary_search_by(|db| db.name.as_str().cmp(n)).ok().map(|i| &self.databases[i]);
         find(name).or_else(|| find(WILDCARD))
     }
 
@@ -268,19 +248,13 @@ fn toml_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
     }
 }
 
-fn table_at<'a>(
-    path: &Path,
-    root: &'a toml::Table,
-    name: &str,
-) -> Result<Option<&'a toml::Table>, ConfigError> {
+fn table_at<'a>(path: &Path, root: &'a toml::Table, name: &str) -> Result<Option<&'a toml::Table>, ConfigError> {
     match root.get(name) {
         None => Ok(None),
         Some(toml::Value::Table(t)) => Ok(Some(t)),
-        Some(other) => Err(ConfigError::at_key(
-            path,
-            name,
-            format!("wrong type: expected a table, found {}", other.type_str()),
-        )),
+        Some(other) => {
+            Err(ConfigError::at_key(path, name, format!("wrong type: expected a table, found {}", other.type_str())))
+        }
     }
 }
 
@@ -301,10 +275,7 @@ fn parse_pooler(s: &Section<'_>, path: &Path) -> Result<Pooler, ConfigError> {
     }
     if let Some(v) = s.string("auth_type")? {
         p.auth_type = AuthType::from_file(v).ok_or_else(|| {
-            s.err(
-                "auth_type",
-                format!("invalid value {v:?} (expected trust, plain, md5 or scram-sha-256)"),
-            )
+            s.err("auth_type", format!("invalid value {v:?} (expected trust, plain, md5 or scram-sha-256)"))
         })?;
     }
     p.auth_file = s.string("auth_file")?.and_then(|f| resolve(path, f));
@@ -356,16 +327,10 @@ fn parse_listen_addr(s: &Section<'_>, items: &[&str]) -> Result<Vec<String>, Con
         }
         for addr in item.split(',').map(str::trim) {
             if addr.is_empty() {
-                return Err(s.err(
-                    "listen_addr",
-                    format!("invalid value {item:?} (empty address in list)"),
-                ));
+                return Err(s.err("listen_addr", format!("invalid value {item:?} (empty address in list)")));
             }
             if addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(s.err(
-                    "listen_addr",
-                    format!("invalid address {addr:?} (contains whitespace)"),
-                ));
+                return Err(s.err("listen_addr", format!("invalid address {addr:?} (contains whitespace)")));
             }
             if addr == WILDCARD {
                 push("0.0.0.0");
@@ -382,10 +347,7 @@ fn pool_mode(s: &Section<'_>) -> Result<Option<PoolMode>, ConfigError> {
     match s.string("pool_mode")? {
         None | Some("") => Ok(None),
         Some(v) => PoolMode::from_file(v).map(Some).ok_or_else(|| {
-            s.err(
-                "pool_mode",
-                format!("invalid value {v:?} (expected session, transaction or statement)"),
-            )
+            s.err("pool_mode", format!("invalid value {v:?} (expected session, transaction or statement)"))
         }),
     }
 }
@@ -403,11 +365,7 @@ fn resolve(config: &Path, value: &str) -> Option<PathBuf> {
     }
 }
 
-fn parse_databases(
-    path: &Path,
-    dbs: &toml::Table,
-    pooler: &Pooler,
-) -> Result<Vec<Database>, ConfigError> {
+fn parse_databases(path: &Path, dbs: &toml::Table, pooler: &Pooler) -> Result<Vec<Database>, ConfigError> {
     let mut names: Vec<&String> = dbs.keys().collect();
     names.sort();
     let mut out = Vec::with_capacity(names.len());
@@ -426,11 +384,7 @@ fn parse_databases(
         if name.is_empty() {
             return Err(ConfigError::at_key(path, prefix, "empty database name"));
         }
-        out.push(parse_database(
-            &Section::new(path, prefix, table),
-            name,
-            pooler,
-        )?);
+        out.push(parse_database(&Section::new(path, prefix, table), name, pooler)?);
     }
     Ok(out)
 }
@@ -440,12 +394,9 @@ fn parse_database(s: &Section<'_>, name: &str, pooler: &Pooler) -> Result<Databa
     let host = match s.string("host")? {
         // As in PgBouncer: no host means the server's Unix socket, looked for
         // in unix_socket_dir.
-        None => pooler
-            .unix_socket_dir
-            .as_ref()
-            .map_or(DEFAULT_SERVER_SOCKET_DIR.to_string(), |d| {
-                d.display().to_string()
-            }),
+        None => {
+            pooler.unix_socket_dir.as_ref().map_or(DEFAULT_SERVER_SOCKET_DIR.to_string(), |d| d.display().to_string())
+        }
         Some(h) => validate_host(s, h)?.to_string(),
     };
     let port = s.int("port", 1, 65535)?.unwrap_or(5432) as u16;
@@ -455,45 +406,24 @@ fn parse_database(s: &Section<'_>, name: &str, pooler: &Pooler) -> Result<Databa
         None => name.to_string(),
     };
     let user = s.string("user")?.and_then(non_empty).map(str::to_string);
-    let password = s
-        .string("password")?
-        .and_then(non_empty)
-        .map(str::to_string);
+    let password = s.string("password")?.and_then(non_empty).map(str::to_string);
     let pool_size = match s.int("pool_size", 0, MAX_POOL_SIZE.into())? {
         None | Some(0) => pooler.default_pool_size,
         Some(n) => n as u32,
     };
     let pool_mode = pool_mode(s)?.unwrap_or(pooler.pool_mode);
-    Ok(Database {
-        name: name.to_string(),
-        host,
-        port,
-        dbname,
-        user,
-        password,
-        pool_size,
-        pool_mode,
-    })
+    Ok(Database { name: name.to_string(), host, port, dbname, user, password, pool_size, pool_mode })
 }
 
 fn validate_host<'a>(s: &Section<'_>, host: &'a str) -> Result<&'a str, ConfigError> {
     if host.is_empty() {
-        return Err(s.err(
-            "host",
-            "empty host (omit the key to use the Unix socket in unix_socket_dir)",
-        ));
+        return Err(s.err("host", "empty host (omit the key to use the Unix socket in unix_socket_dir)"));
     }
     if host.contains(',') {
-        return Err(s.err(
-            "host",
-            format!("invalid value {host:?} (host lists are not supported)"),
-        ));
+        return Err(s.err("host", format!("invalid value {host:?} (host lists are not supported)")));
     }
     if !host.starts_with('/') && host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(s.err(
-            "host",
-            format!("invalid value {host:?} (contains whitespace)"),
-        ));
+        return Err(s.err("host", format!("invalid value {host:?} (contains whitespace)")));
     }
     Ok(host)
 }

@@ -58,8 +58,7 @@ impl UserList {
     pub fn parse(text: &str, path: &Path) -> Result<UserList, ConfigError> {
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {
-            let entry =
-                parse_line(line).map_err(|msg| ConfigError::at_line(path, i + 1, None, msg))?;
+            let entry = parse_line(line).map_err(|msg| ConfigError::at_line(path, i + 1, None, msg))?;
             if let Some((user, secret)) = entry {
                 users.insert(user, secret);
             }
@@ -92,9 +91,7 @@ fn parse_line(line: &str) -> Result<Option<(String, Secret)>, String> {
     }
     let rest = rest.trim_start();
     if rest.is_empty() {
-        return Err(format!(
-            "missing secret for user {user:?} (expected \"user\" \"secret\")"
-        ));
+        return Err(format!("missing secret for user {user:?} (expected \"user\" \"secret\")"));
     }
     // Whatever follows the second field is ignored, as PgBouncer does.
     let (secret, _) = quoted(rest).map_err(|e| format!("secret of user {user:?}: {e}"))?;
@@ -141,11 +138,8 @@ fn check_scram(secret: &str) -> Result<(), String> {
     let Some((stored, server)) = keys.split_once(':') else {
         return bad("expected <storedkey>:<serverkey>");
     };
-    let base64 = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-    };
+    let base64 =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
     if !(base64(salt) && base64(stored) && base64(server)) {
         return bad("salt and keys must be non-empty base64");
     }

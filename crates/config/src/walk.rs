@@ -22,11 +22,7 @@ pub(crate) struct Section<'a> {
 
 impl<'a> Section<'a> {
     pub(crate) fn new(file: &'a Path, prefix: String, table: &'a toml::Table) -> Self {
-        Section {
-            file,
-            prefix,
-            table,
-        }
+        Section { file, prefix, table }
     }
 
     /// The dotted name of `name` in this section, as the user would write it.
@@ -43,10 +39,7 @@ impl<'a> Section<'a> {
         let mut keys: Vec<&String> = self.table.keys().collect();
         keys.sort();
         match keys.into_iter().find(|k| !allowed.contains(&k.as_str())) {
-            Some(unknown) => Err(self.err(
-                unknown,
-                format!("unknown key (expected one of: {})", allowed.join(", ")),
-            )),
+            Some(unknown) => Err(self.err(unknown, format!("unknown key (expected one of: {})", allowed.join(", ")))),
             None => Ok(()),
         }
     }
@@ -64,10 +57,9 @@ impl<'a> Section<'a> {
         match self.table.get(name) {
             None => Ok(None),
             Some(toml::Value::Integer(i)) if (min..=max).contains(i) => Ok(Some(*i)),
-            Some(toml::Value::Integer(i)) => Err(self.err(
-                name,
-                format!("invalid value {i} (expected an integer from {min} to {max})"),
-            )),
+            Some(toml::Value::Integer(i)) => {
+                Err(self.err(name, format!("invalid value {i} (expected an integer from {min} to {max})")))
+            }
             Some(other) => Err(self.wrong_type(name, "an integer", other)),
         }
     }
@@ -86,9 +78,7 @@ impl<'a> Section<'a> {
                 format!("invalid value {secs} (expected a number of seconds from {min} to {MAX_SECONDS})"),
             ));
         }
-        Duration::try_from_secs_f64(secs)
-            .map(Some)
-            .map_err(|e| self.err(name, format!("invalid value {secs}: {e}")))
+        Duration::try_from_secs_f64(secs).map(Some).map_err(|e| self.err(name, format!("invalid value {secs}: {e}")))
     }
 
     /// A string, or an array of strings (only used by `listen_addr`).
@@ -109,22 +99,13 @@ impl<'a> Section<'a> {
     }
 
     fn wrong_type(&self, name: &str, expected: &str, found: &toml::Value) -> ConfigError {
-        self.err(
-            name,
-            format!(
-                "wrong type: expected {expected}, found {}",
-                found.type_str()
-            ),
-        )
+        self.err(name, format!("wrong type: expected {expected}, found {}", found.type_str()))
     }
 }
 
 /// `name` as a TOML key: bare when possible, otherwise quoted (`"*"`).
 pub(crate) fn toml_key(name: &str) -> String {
-    let bare = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if bare {
         name.to_string()
     } else {

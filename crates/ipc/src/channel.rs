@@ -15,9 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::socket::{
-    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
-};
+use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 
 use crate::message::{MessageError, Msg};
 
@@ -32,8 +30,7 @@ pub const MAX_QUEUED_MSGS: usize = 100_000;
 pub const MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
 
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
-const CMSG_BUF_LEN: usize =
-    unsafe { libc::CMSG_SPACE((MAX_FDS * mem::size_of::<RawFd>()) as u32) } as usize;
+const CMSG_BUF_LEN: usize = unsafe { libc::CMSG_SPACE((MAX_FDS * mem::size_of::<RawFd>()) as u32) } as usize;
 
 /// A control buffer aligned for `cmsghdr`, as the CMSG_* macros require.
 #[repr(C)]
@@ -74,25 +71,17 @@ impl fmt::Display for IpcError {
             IpcError::Closed => write!(f, "ipc channel: peer closed"),
             IpcError::Io { op, source } => write!(f, "ipc channel: {op}: {source}"),
             IpcError::TooLarge(len) => {
-                write!(
-                    f,
-                    "ipc channel: message of {len} bytes exceeds {MAX_MSG_LEN}"
-                )
+                write!(f, "ipc channel: message of {len} bytes exceeds {MAX_MSG_LEN}")
             }
-            IpcError::FdCountMismatch { expected, got } => write!(
-                f,
-                "ipc channel: message carries {expected} fds but {got} were given"
-            ),
+            IpcError::FdCountMismatch { expected, got } => {
+                write!(f, "ipc channel: message carries {expected} fds but {got} were given")
+            }
             IpcError::ControlTruncated => {
-                write!(
-                    f,
-                    "ipc channel: control message truncated (more than {MAX_FDS} fds sent)"
-                )
+                write!(f, "ipc channel: control message truncated (more than {MAX_FDS} fds sent)")
             }
-            IpcError::PayloadTruncated => write!(
-                f,
-                "ipc channel: payload truncated (peer sent more than {MAX_MSG_LEN} bytes)"
-            ),
+            IpcError::PayloadTruncated => {
+                write!(f, "ipc channel: payload truncated (peer sent more than {MAX_MSG_LEN} bytes)")
+            }
             IpcError::Decode(e) => write!(f, "ipc channel: {e}"),
         }
     }
@@ -180,33 +169,19 @@ impl Channel {
         let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
         let iov = [IoSlice::new(payload)];
         loop {
-            match sendmsg::<()>(
-                self.fd.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
+            match sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
                 Ok(n) if n == payload.len() => return Ok(()),
                 // SOCK_SEQPACKET sends are atomic; a short count would mean the socket is not what we think.
                 Ok(n) => {
                     return Err(IpcError::Io {
                         op: "sendmsg",
-                        source: io::Error::other(format!(
-                            "short send: {n} of {} bytes",
-                            payload.len()
-                        )),
+                        source: io::Error::other(format!("short send: {n} of {} bytes", payload.len())),
                     })
                 }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Err(IpcError::WouldBlock),
                 Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(IpcError::Closed),
-                Err(e) => {
-                    return Err(IpcError::Io {
-                        op: "sendmsg",
-                        source: e.into(),
-                    })
-                }
+                Err(e) => return Err(IpcError::Io { op: "sendmsg", source: e.into() }),
             }
         }
     }
@@ -214,14 +189,8 @@ impl Channel {
     /// Receives one message and its fds; `Ok(None)` when nothing is waiting.
     pub fn recv(&self) -> Result<Option<(Msg, Vec<OwnedFd>)>, IpcError> {
         let mut buf: Vec<u8> = Vec::with_capacity(MAX_MSG_LEN);
-        let mut cmsg = CmsgBuf {
-            _align: [],
-            bytes: [0; CMSG_BUF_LEN],
-        };
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: MAX_MSG_LEN,
-        };
+        let mut cmsg = CmsgBuf { _align: [], bytes: [0; CMSG_BUF_LEN] };
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: MAX_MSG_LEN };
         let (len, mhdr) = loop {
             // SAFETY: msghdr is plain data for which all-zero is a valid value (null pointers, zero lengths).
             let mut mhdr: libc::msghdr = unsafe { mem::zeroed() };
@@ -231,8 +200,7 @@ impl Channel {
             mhdr.msg_controllen = CMSG_BUF_LEN as _;
             // SAFETY: the fd is open for the lifetime of self; iov points at MAX_MSG_LEN writable bytes of buf's
             // capacity and msg_control at CMSG_BUF_LEN writable, cmsghdr-aligned bytes, both alive for the call.
-            let n =
-                unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut mhdr, libc::MSG_CMSG_CLOEXEC) };
+            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut mhdr, libc::MSG_CMSG_CLOEXEC) };
             if let Ok(n) = usize::try_from(n) {
                 break (n, mhdr);
             }
@@ -240,12 +208,7 @@ impl Channel {
                 Errno::EINTR => continue,
                 Errno::EAGAIN => return Ok(None),
                 Errno::ECONNRESET => return Err(IpcError::Closed),
-                e => {
-                    return Err(IpcError::Io {
-                        op: "recvmsg",
-                        source: e.into(),
-                    })
-                }
+                e => return Err(IpcError::Io { op: "recvmsg", source: e.into() }),
             }
         };
         // Own every fd that arrived before looking at anything else, so every error path below closes them.
@@ -331,10 +294,7 @@ pub struct Outbox {
 
 impl fmt::Debug for Outbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbox")
-            .field("messages", &self.queue.len())
-            .field("bytes", &self.bytes)
-            .finish()
+        f.debug_struct("Outbox").field("messages", &self.queue.len()).field("bytes", &self.bytes).finish()
     }
 }
 
@@ -442,14 +402,7 @@ mod tests {
 
     fn raw_send(ch: &Channel, payload: &[u8], fds: &[RawFd]) {
         let rights = [ControlMessage::ScmRights(fds)];
-        sendmsg::<()>(
-            ch.as_raw_fd(),
-            &[IoSlice::new(payload)],
-            &rights,
-            MsgFlags::empty(),
-            None,
-        )
-        .unwrap();
+        sendmsg::<()>(ch.as_raw_fd(), &[IoSlice::new(payload)], &rights, MsgFlags::empty(), None).unwrap();
     }
 
     #[test]
@@ -479,10 +432,7 @@ mod tests {
         let msgs = [
             Msg::Shutdown,
             Msg::CancelRequest { pid: 1, key: 2 },
-            Msg::WorkerStatus {
-                upstream_up: true,
-                sessions: 5,
-            },
+            Msg::WorkerStatus { upstream_up: true, sessions: 5 },
         ];
         for m in &msgs {
             a.send(m, &[]).unwrap();
@@ -499,10 +449,7 @@ mod tests {
         let _g = lock();
         let (a, b) = Channel::pair().unwrap();
         let mut record = SessionRecord::default();
-        let overhead = encoded(&Msg::Assign {
-            record: record.clone(),
-        })
-        .len();
+        let overhead = encoded(&Msg::Assign { record: record.clone() }).len();
         record.pending_input = vec![7; MAX_MSG_LEN - overhead];
         let big = Msg::Assign { record };
         assert_eq!(encoded(&big).len(), MAX_MSG_LEN);
@@ -511,9 +458,7 @@ mod tests {
         let (got, fds) = b.recv().unwrap().unwrap();
         assert_eq!((got, fds.len()), (big.clone(), 1));
 
-        let Msg::Assign { mut record } = big else {
-            unreachable!()
-        };
+        let Msg::Assign { mut record } = big else { unreachable!() };
         record.pending_input.push(0);
         let err = a.send(&Msg::Assign { record }, &[wr.as_fd()]).unwrap_err();
         assert!(matches!(err, IpcError::TooLarge(n) if n == MAX_MSG_LEN + 1));
@@ -534,21 +479,9 @@ mod tests {
         let _g = lock();
         let (a, _b) = Channel::pair().unwrap();
         let err = a.send(&assign(), &[]).unwrap_err();
-        assert!(matches!(
-            err,
-            IpcError::FdCountMismatch {
-                expected: 1,
-                got: 0
-            }
-        ));
+        assert!(matches!(err, IpcError::FdCountMismatch { expected: 1, got: 0 }));
         let err = a.send(&Msg::Shutdown, &[a.as_fd()]).unwrap_err();
-        assert!(matches!(
-            err,
-            IpcError::FdCountMismatch {
-                expected: 0,
-                got: 1
-            }
-        ));
+        assert!(matches!(err, IpcError::FdCountMismatch { expected: 0, got: 1 }));
     }
 
     #[test]
@@ -557,26 +490,13 @@ mod tests {
         let (a, b) = Channel::pair().unwrap();
         // An Assign without its fd.
         a.send_encoded(&encoded(&assign()), &[]).unwrap();
-        assert!(matches!(
-            b.recv(),
-            Err(IpcError::FdCountMismatch {
-                expected: 1,
-                got: 0
-            })
-        ));
+        assert!(matches!(b.recv(), Err(IpcError::FdCountMismatch { expected: 1, got: 0 })));
         // A Shutdown with an fd it should not carry: the fd must be closed, not leaked.
         let (rd, wr) = pipe2(OFlag::O_CLOEXEC).unwrap();
         let before = open_fds();
-        a.send_encoded(&encoded(&Msg::Shutdown), &[wr.as_fd()])
-            .unwrap();
+        a.send_encoded(&encoded(&Msg::Shutdown), &[wr.as_fd()]).unwrap();
         drop(wr);
-        assert!(matches!(
-            b.recv(),
-            Err(IpcError::FdCountMismatch {
-                expected: 0,
-                got: 1
-            })
-        ));
+        assert!(matches!(b.recv(), Err(IpcError::FdCountMismatch { expected: 0, got: 1 })));
         assert_eq!(open_fds(), before - 1);
         // Every write end is closed, so the pipe reads end-of-file.
         let mut buf = [0u8; 1];
@@ -606,10 +526,7 @@ mod tests {
         let _g = lock();
         let (a, b) = Channel::pair().unwrap();
         a.send_encoded(&[0xEE, 1, 2], &[]).unwrap();
-        assert!(matches!(
-            b.recv(),
-            Err(IpcError::Decode(MessageError::UnknownTag(0xEE)))
-        ));
+        assert!(matches!(b.recv(), Err(IpcError::Decode(MessageError::UnknownTag(0xEE)))));
     }
 
     #[test]
@@ -622,20 +539,15 @@ mod tests {
         assert_eq!(b.recv().unwrap().unwrap().0, Msg::Shutdown);
         assert!(matches!(b.recv(), Err(IpcError::Closed)));
         assert!(matches!(b.send(&Msg::Shutdown, &[]), Err(IpcError::Closed)));
-        assert!(matches!(
-            Outbox::new().send(&b, &Msg::Shutdown, Vec::new()),
-            Err(IpcError::Closed)
-        ));
+        assert!(matches!(Outbox::new().send(&b, &Msg::Shutdown, Vec::new()), Err(IpcError::Closed)));
     }
 
     #[test]
     fn set_nonblocking_toggles_the_flag() {
         let _g = lock();
         let (a, _b) = Channel::pair().unwrap();
-        let nonblocking = |ch: &Channel| {
-            OFlag::from_bits_retain(fcntl(ch, FcntlArg::F_GETFL).unwrap())
-                .contains(OFlag::O_NONBLOCK)
-        };
+        let nonblocking =
+            |ch: &Channel| OFlag::from_bits_retain(fcntl(ch, FcntlArg::F_GETFL).unwrap()).contains(OFlag::O_NONBLOCK);
         assert!(nonblocking(&a));
         a.set_nonblocking(false).unwrap();
         assert!(!nonblocking(&a));
@@ -663,9 +575,7 @@ mod tests {
         let (rd, wr) = pipe2(OFlag::O_CLOEXEC).unwrap();
         outbox.send(&a, &assign(), vec![wr]).unwrap();
         assert_eq!(outbox.len(), 1);
-        outbox
-            .send(&a, &Msg::SessionClosed { session_id: 99 }, Vec::new())
-            .unwrap();
+        outbox.send(&a, &Msg::SessionClosed { session_id: 99 }, Vec::new()).unwrap();
         assert_eq!(outbox.len(), 2);
         assert!(!outbox.flush(&a).unwrap());
         assert_eq!(outbox.len(), 2);
@@ -702,10 +612,7 @@ mod tests {
         let _g = lock();
         let (a, _b) = Channel::pair().unwrap();
         let mut outbox = Outbox::new();
-        assert!(matches!(
-            outbox.send(&a, &assign(), Vec::new()),
-            Err(IpcError::FdCountMismatch { .. })
-        ));
+        assert!(matches!(outbox.send(&a, &assign(), Vec::new()), Err(IpcError::FdCountMismatch { .. })));
         assert!(outbox.is_empty());
     }
 }

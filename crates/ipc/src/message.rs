@@ -115,16 +115,12 @@ struct Fields<'a> {
 impl Fields<'_> {
     fn u32(&mut self, field: &'static str) -> Result<u32, MessageError> {
         let msg = self.msg;
-        self.r
-            .u32(field)
-            .map_err(|_| MessageError::Truncated { msg, field })
+        self.r.u32(field).map_err(|_| MessageError::Truncated { msg, field })
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, MessageError> {
         let msg = self.msg;
-        self.r
-            .u64(field)
-            .map_err(|_| MessageError::Truncated { msg, field })
+        self.r.u64(field).map_err(|_| MessageError::Truncated { msg, field })
     }
 
     fn bool(&mut self, field: &'static str) -> Result<bool, MessageError> {
@@ -139,17 +135,13 @@ impl Fields<'_> {
 
     fn record(&mut self) -> Result<SessionRecord, MessageError> {
         let msg = self.msg;
-        SessionRecord::decode_from(&mut self.r)
-            .map_err(|source| MessageError::Record { msg, source })
+        SessionRecord::decode_from(&mut self.r).map_err(|source| MessageError::Record { msg, source })
     }
 
     fn finish(self) -> Result<(), MessageError> {
         match self.r.remaining() {
             0 => Ok(()),
-            count => Err(MessageError::TrailingBytes {
-                msg: self.msg,
-                count,
-            }),
+            count => Err(MessageError::TrailingBytes { msg: self.msg, count }),
         }
     }
 }
@@ -205,10 +197,7 @@ impl Msg {
                 out.push(TAG_SESSION_CLOSED);
                 out.extend_from_slice(&session_id.to_be_bytes());
             }
-            Msg::WorkerStatus {
-                upstream_up,
-                sessions,
-            } => {
+            Msg::WorkerStatus { upstream_up, sessions } => {
                 out.push(TAG_WORKER_STATUS);
                 out.push(u8::from(*upstream_up));
                 out.extend_from_slice(&sessions.to_be_bytes());
@@ -229,33 +218,16 @@ impl Msg {
             TAG_WORKER_STATUS => "WorkerStatus",
             other => return Err(MessageError::UnknownTag(other)),
         };
-        let mut f = Fields {
-            msg: name,
-            r: Reader::new(body),
-        };
+        let mut f = Fields { msg: name, r: Reader::new(body) };
         let msg = match tag {
-            TAG_LOGIN => Msg::Login {
-                record: f.record()?,
-            },
-            TAG_CANCEL_REQUEST => Msg::CancelRequest {
-                pid: f.u32("pid")?,
-                key: f.u32("key")?,
-            },
-            TAG_ASSIGN => Msg::Assign {
-                record: f.record()?,
-            },
-            TAG_CANCEL => Msg::Cancel {
-                session_id: f.u64("session_id")?,
-            },
+            TAG_LOGIN => Msg::Login { record: f.record()? },
+            TAG_CANCEL_REQUEST => Msg::CancelRequest { pid: f.u32("pid")?, key: f.u32("key")? },
+            TAG_ASSIGN => Msg::Assign { record: f.record()? },
+            TAG_CANCEL => Msg::Cancel { session_id: f.u64("session_id")? },
             TAG_SHUTDOWN => Msg::Shutdown,
-            TAG_SESSION_CLOSED => Msg::SessionClosed {
-                session_id: f.u64("session_id")?,
-            },
+            TAG_SESSION_CLOSED => Msg::SessionClosed { session_id: f.u64("session_id")? },
             // The only tag left after the match above.
-            _ => Msg::WorkerStatus {
-                upstream_up: f.bool("upstream_up")?,
-                sessions: f.u32("sessions")?,
-            },
+            _ => Msg::WorkerStatus { upstream_up: f.bool("upstream_up")?, sessions: f.u32("sessions")? },
         };
         f.finish()?;
         Ok(msg)
@@ -269,29 +241,14 @@ mod tests {
 
     fn all() -> Vec<Msg> {
         vec![
-            Msg::Login {
-                record: full_record(),
-            },
-            Msg::CancelRequest {
-                pid: 7,
-                key: 0xffff_ffff,
-            },
-            Msg::Assign {
-                record: SessionRecord::default(),
-            },
+            Msg::Login { record: full_record() },
+            Msg::CancelRequest { pid: 7, key: 0xffff_ffff },
+            Msg::Assign { record: SessionRecord::default() },
             Msg::Cancel { session_id: 9 },
             Msg::Shutdown,
-            Msg::SessionClosed {
-                session_id: u64::MAX,
-            },
-            Msg::WorkerStatus {
-                upstream_up: true,
-                sessions: 3,
-            },
-            Msg::WorkerStatus {
-                upstream_up: false,
-                sessions: 0,
-            },
+            Msg::SessionClosed { session_id: u64::MAX },
+            Msg::WorkerStatus { upstream_up: true, sessions: 3 },
+            Msg::WorkerStatus { upstream_up: false, sessions: 0 },
         ]
     }
 
@@ -319,11 +276,7 @@ mod tests {
         for m in all() {
             let buf = encoded(&m);
             for len in 0..buf.len() {
-                assert!(
-                    Msg::decode(&buf[..len]).is_err(),
-                    "{} prefix {len}",
-                    m.name()
-                );
+                assert!(Msg::decode(&buf[..len]).is_err(), "{} prefix {len}", m.name());
             }
         }
     }
@@ -334,11 +287,7 @@ mod tests {
             let mut buf = encoded(&m);
             buf.push(0);
             let err = Msg::decode(&buf).unwrap_err();
-            assert!(
-                matches!(err, MessageError::TrailingBytes { count: 1, .. }),
-                "{}: {err}",
-                m.name()
-            );
+            assert!(matches!(err, MessageError::TrailingBytes { count: 1, .. }), "{}: {err}", m.name());
         }
     }
 
@@ -360,16 +309,11 @@ mod tests {
 
     #[test]
     fn bad_embedded_record_rejected() {
-        let mut buf = encoded(&Msg::Assign {
-            record: full_record(),
-        });
+        let mut buf = encoded(&Msg::Assign { record: full_record() });
         buf[1] = 99;
         assert!(matches!(
             Msg::decode(&buf),
-            Err(MessageError::Record {
-                msg: "Assign",
-                source: RecordError::UnknownVersion(99)
-            })
+            Err(MessageError::Record { msg: "Assign", source: RecordError::UnknownVersion(99) })
         ));
     }
 
@@ -383,9 +327,7 @@ mod tests {
                 (0..len).map(|_| rng.next() as u8).collect()
             } else {
                 let mut b = valid[(rng.next() as usize) % valid.len()].clone();
-                b.truncate(
-                    (rng.next() as usize) % (b.len() + 1) + if i % 2 == 0 { b.len() } else { 0 },
-                );
+                b.truncate((rng.next() as usize) % (b.len() + 1) + if i % 2 == 0 { b.len() } else { 0 });
                 b
             };
             if !buf.is_empty() {

@@ -63,23 +63,11 @@ pub enum RecordError {
     /// The first byte is not a version this build understands.
     UnknownVersion(u8),
     /// The buffer ended inside `field`.
-    Truncated {
-        field: &'static str,
-        needed: usize,
-        remaining: usize,
-    },
+    Truncated { field: &'static str, needed: usize, remaining: usize },
     /// `field` declares a length or count above its cap.
-    TooLong {
-        field: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { field: &'static str, len: usize, max: usize },
     /// `field` declares more items than the remaining bytes could possibly hold.
-    CountExceedsInput {
-        field: &'static str,
-        count: usize,
-        remaining: usize,
-    },
+    CountExceedsInput { field: &'static str, count: usize, remaining: usize },
     /// `field` is not valid UTF-8.
     InvalidUtf8 { field: &'static str },
     /// Bytes were left after a complete record.
@@ -90,30 +78,17 @@ impl fmt::Display for RecordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RecordError::UnknownVersion(v) => {
-                write!(
-                    f,
-                    "session record: unknown version {v} (expected {RECORD_VERSION})"
-                )
+                write!(f, "session record: unknown version {v} (expected {RECORD_VERSION})")
             }
-            RecordError::Truncated {
-                field,
-                needed,
-                remaining,
-            } => write!(
-                f,
-                "session record: truncated in {field}: need {needed} bytes, {remaining} remain"
-            ),
+            RecordError::Truncated { field, needed, remaining } => {
+                write!(f, "session record: truncated in {field}: need {needed} bytes, {remaining} remain")
+            }
             RecordError::TooLong { field, len, max } => {
                 write!(f, "session record: {field} length {len} exceeds cap {max}")
             }
-            RecordError::CountExceedsInput {
-                field,
-                count,
-                remaining,
-            } => write!(
-                f,
-                "session record: {field} declares {count} items but only {remaining} bytes remain"
-            ),
+            RecordError::CountExceedsInput { field, count, remaining } => {
+                write!(f, "session record: {field} declares {count} items but only {remaining} bytes remain")
+            }
             RecordError::InvalidUtf8 { field } => {
                 write!(f, "session record: {field} is not valid UTF-8")
             }
@@ -153,11 +128,7 @@ impl<'a> Reader<'a> {
                 self.pos += n;
                 Ok(bytes)
             }
-            None => Err(RecordError::Truncated {
-                field,
-                needed: n,
-                remaining,
-            }),
+            None => Err(RecordError::Truncated { field, needed: n, remaining }),
         }
     }
 
@@ -182,27 +153,14 @@ impl<'a> Reader<'a> {
 
     /// Reads a `u32` count of items each at least `min_item_len` bytes long, checked against `max` and against what
     /// remains, so a lying count can never drive an allocation.
-    fn count(
-        &mut self,
-        field: &'static str,
-        max: usize,
-        min_item_len: usize,
-    ) -> Result<usize, RecordError> {
+    fn count(&mut self, field: &'static str, max: usize, min_item_len: usize) -> Result<usize, RecordError> {
         let count = self.u32(field)? as usize;
         if count > max {
-            return Err(RecordError::TooLong {
-                field,
-                len: count,
-                max,
-            });
+            return Err(RecordError::TooLong { field, len: count, max });
         }
         let remaining = self.remaining();
         if count.saturating_mul(min_item_len) > remaining {
-            return Err(RecordError::CountExceedsInput {
-                field,
-                count,
-                remaining,
-            });
+            return Err(RecordError::CountExceedsInput { field, count, remaining });
         }
         Ok(count)
     }
@@ -217,9 +175,7 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self, field: &'static str) -> Result<String, RecordError> {
         let bytes = self.bytes(field, MAX_STRING_LEN)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| RecordError::InvalidUtf8 { field })
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| RecordError::InvalidUtf8 { field })
     }
 
     fn pairs(
@@ -314,12 +270,8 @@ impl SessionRecord {
         let session_id = r.u64("session_id")?;
         let database = r.string("database")?;
         let user = r.string("user")?;
-        let startup_params = r.pairs(
-            "startup_params",
-            "startup_params.name",
-            "startup_params.value",
-            MAX_STARTUP_PARAMS,
-        )?;
+        let startup_params =
+            r.pairs("startup_params", "startup_params.name", "startup_params.value", MAX_STARTUP_PARAMS)?;
         let cancel_pid = r.u32("cancel_pid")?;
         let cancel_key = r.u32("cancel_key")?;
         let client_addr = r.string("client_addr")?;
@@ -335,11 +287,7 @@ impl SessionRecord {
             for _ in 0..n_types {
                 param_types.push(r.u32("prepared.param_types")?);
             }
-            prepared.push(PreparedStatement {
-                name,
-                query,
-                param_types,
-            });
+            prepared.push(PreparedStatement { name, query, param_types });
         }
         let flags = r.u32("flags")?;
         let pending_input = r.bytes("pending_input", MAX_PENDING_INPUT)?.to_vec();
@@ -368,25 +316,14 @@ pub(crate) mod tests {
             session_id: 0x0102_0304_0506_0708,
             database: "app".into(),
             user: "alice".into(),
-            startup_params: vec![
-                ("application_name".into(), "psql".into()),
-                ("client_encoding".into(), "UTF8".into()),
-            ],
+            startup_params: vec![("application_name".into(), "psql".into()), ("client_encoding".into(), "UTF8".into())],
             cancel_pid: 42,
             cancel_key: 0xdead_beef,
             client_addr: "[::1]:5000".into(),
             settings: vec![("search_path".into(), "public".into())],
             prepared: vec![
-                PreparedStatement {
-                    name: "s1".into(),
-                    query: "select $1::int".into(),
-                    param_types: vec![23],
-                },
-                PreparedStatement {
-                    name: String::new(),
-                    query: "select 1".into(),
-                    param_types: vec![],
-                },
+                PreparedStatement { name: "s1".into(), query: "select $1::int".into(), param_types: vec![23] },
+                PreparedStatement { name: String::new(), query: "select 1".into(), param_types: vec![] },
             ],
             flags: 0b101,
             pending_input: b"Q\0\0\0\x0dselect 1\0".to_vec(),
@@ -431,8 +368,7 @@ pub(crate) mod tests {
         let mut r = full_record();
         r.database = "базаданных".into();
         r.user = "ユーザー🐘".into();
-        r.settings
-            .push(("application_name".into(), "ça va — ✓".into()));
+        r.settings.push(("application_name".into(), "ça va — ✓".into()));
         round_trip(&r);
     }
 
@@ -462,38 +398,17 @@ pub(crate) mod tests {
         };
         let mut buf = Vec::new();
         r.encode(&mut buf);
-        assert!(matches!(
-            SessionRecord::decode(&buf),
-            Err(RecordError::TooLong {
-                field: "settings",
-                ..
-            })
-        ));
+        assert!(matches!(SessionRecord::decode(&buf), Err(RecordError::TooLong { field: "settings", .. })));
 
-        r = SessionRecord {
-            user: "u".repeat(MAX_STRING_LEN + 1),
-            ..SessionRecord::default()
-        };
+        r = SessionRecord { user: "u".repeat(MAX_STRING_LEN + 1), ..SessionRecord::default() };
         buf.clear();
         r.encode(&mut buf);
-        assert!(matches!(
-            SessionRecord::decode(&buf),
-            Err(RecordError::TooLong { field: "user", .. })
-        ));
+        assert!(matches!(SessionRecord::decode(&buf), Err(RecordError::TooLong { field: "user", .. })));
 
-        r = SessionRecord {
-            pending_input: vec![0; MAX_PENDING_INPUT + 1],
-            ..SessionRecord::default()
-        };
+        r = SessionRecord { pending_input: vec![0; MAX_PENDING_INPUT + 1], ..SessionRecord::default() };
         buf.clear();
         r.encode(&mut buf);
-        assert!(matches!(
-            SessionRecord::decode(&buf),
-            Err(RecordError::TooLong {
-                field: "pending_input",
-                ..
-            })
-        ));
+        assert!(matches!(SessionRecord::decode(&buf), Err(RecordError::TooLong { field: "pending_input", .. })));
     }
 
     #[test]
@@ -503,10 +418,7 @@ pub(crate) mod tests {
         for len in 0..buf.len() {
             let err = SessionRecord::decode(&buf[..len]).unwrap_err();
             assert!(
-                matches!(
-                    err,
-                    RecordError::Truncated { .. } | RecordError::CountExceedsInput { .. }
-                ),
+                matches!(err, RecordError::Truncated { .. } | RecordError::CountExceedsInput { .. }),
                 "prefix {len}: {err}"
             );
         }
@@ -517,10 +429,7 @@ pub(crate) mod tests {
         let mut buf = Vec::new();
         full_record().encode(&mut buf);
         buf.push(0);
-        assert_eq!(
-            SessionRecord::decode(&buf),
-            Err(RecordError::TrailingBytes(1))
-        );
+        assert_eq!(SessionRecord::decode(&buf), Err(RecordError::TrailingBytes(1)));
     }
 
     #[test]
@@ -528,26 +437,17 @@ pub(crate) mod tests {
         let mut buf = Vec::new();
         full_record().encode(&mut buf);
         buf[0] = 2;
-        assert_eq!(
-            SessionRecord::decode(&buf),
-            Err(RecordError::UnknownVersion(2))
-        );
+        assert_eq!(SessionRecord::decode(&buf), Err(RecordError::UnknownVersion(2)));
     }
 
     #[test]
     fn invalid_utf8_rejected() {
-        let r = SessionRecord {
-            database: "ab".into(),
-            ..SessionRecord::default()
-        };
+        let r = SessionRecord { database: "ab".into(), ..SessionRecord::default() };
         let mut buf = Vec::new();
         r.encode(&mut buf);
         // version(1) + session_id(8) + len(4) → first byte of "ab"
         buf[13] = 0xFF;
-        assert_eq!(
-            SessionRecord::decode(&buf),
-            Err(RecordError::InvalidUtf8 { field: "database" })
-        );
+        assert_eq!(SessionRecord::decode(&buf), Err(RecordError::InvalidUtf8 { field: "database" }));
     }
 
     #[test]
@@ -565,13 +465,7 @@ pub(crate) mod tests {
         let mut buf = Vec::new();
         SessionRecord::default().encode(&mut buf);
         buf[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            SessionRecord::decode(&buf),
-            Err(RecordError::TooLong {
-                field: "database",
-                ..
-            })
-        ));
+        assert!(matches!(SessionRecord::decode(&buf), Err(RecordError::TooLong { field: "database", .. })));
         // A prepared count within the cap that the input cannot hold.
         let r = SessionRecord::default();
         let mut buf = Vec::new();
@@ -579,13 +473,7 @@ pub(crate) mod tests {
         // version, id, db, user, params, pid, key, addr, settings → prepared count
         let at = 1 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 4;
         buf[at..at + 4].copy_from_slice(&(MAX_PREPARED as u32).to_be_bytes());
-        assert!(matches!(
-            SessionRecord::decode(&buf),
-            Err(RecordError::CountExceedsInput {
-                field: "prepared",
-                ..
-            })
-        ));
+        assert!(matches!(SessionRecord::decode(&buf), Err(RecordError::CountExceedsInput { field: "prepared", .. })));
     }
 
     #[test]

@@ -15,8 +15,10 @@ pub struct Conn {
 /// What one read attempt saw.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// This many bytes were appended.
-    Data(usize),
+    /// This many bytes were appended; `drained` is true when the read came back short, which on a stream socket
+    /// means the kernel had nothing more at that moment. With edge-triggered epoll, later data raises a new event,
+    /// so the caller may treat the socket as not readable without paying for a read that returns EAGAIN.
+    Data { n: usize, drained: bool },
     /// Nothing to read now.
     WouldBlock,
     /// The peer closed its side.
@@ -49,14 +51,13 @@ impl Conn {
         loop {
             // SAFETY: the pointer and length describe the vector's spare capacity, which `reserve` guaranteed; the
             // kernel writes at most `want` bytes there, and only the bytes it reports are exposed via `set_len`.
-            let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().add(start) as *mut libc::c_void, want, 0)
-            };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().add(start) as *mut libc::c_void, want, 0) };
             if n > 0 {
                 let n = n as usize;
                 // SAFETY: the kernel initialised exactly `n` bytes after `start`.
                 unsafe { buf.set_len(start + n) };
-                return Ok(ReadOutcome::Data(n));
+                return Ok(ReadOutcome::Data { n, drained: n < want });
             }
             if n == 0 {
                 return Ok(ReadOutcome::Eof);

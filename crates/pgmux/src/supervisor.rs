@@ -149,7 +149,9 @@ impl Supervisor {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => got_signal = true,
-                    Token(t) => ready.push((t - FIRST_CHILD, ev.is_readable() || ev.is_read_closed(), ev.is_writable())),
+                    Token(t) => {
+                        ready.push((t - FIRST_CHILD, ev.is_readable() || ev.is_read_closed(), ev.is_writable()))
+                    }
                 }
             }
             for (slot, readable, writable) in ready {
@@ -555,8 +557,7 @@ impl Supervisor {
             return None;
         }
         let now = Instant::now();
-        let due: Vec<u32> =
-            self.listener_respawn.iter().filter(|(_, at, _)| *at <= now).map(|(i, _, _)| *i).collect();
+        let due: Vec<u32> = self.listener_respawn.iter().filter(|(_, at, _)| *at <= now).map(|(i, _, _)| *i).collect();
         self.listener_respawn.retain(|(_, at, _)| *at > now);
         for index in due {
             if let Err(e) = self.spawn_listener(index) {

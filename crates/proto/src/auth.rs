@@ -192,10 +192,9 @@ impl fmt::Display for ScramError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScramError::Malformed(why) => write!(f, "malformed SCRAM message: {why}"),
-            ScramError::ChannelBindingUnsupported => write!(
-                f,
-                "SCRAM channel binding was requested but is not supported (only SCRAM-SHA-256 is offered)"
-            ),
+            ScramError::ChannelBindingUnsupported => {
+                write!(f, "SCRAM channel binding was requested but is not supported (only SCRAM-SHA-256 is offered)")
+            }
             ScramError::AuthzidUnsupported => {
                 write!(f, "client uses authorization identity, but it is not supported")
             }
@@ -251,10 +250,7 @@ pub struct ScramServer {
 
 impl ScramServer {
     pub fn new(secret: ScramSecret) -> Self {
-        ScramServer {
-            secret,
-            state: ServerState::AwaitingClientFirst,
-        }
+        ScramServer { secret, state: ServerState::AwaitingClientFirst }
     }
 
     /// Takes the client-first-message (SASLInitialResponse data) and
@@ -265,26 +261,17 @@ impl ScramServer {
             return Err(ScramError::OutOfOrder("client-first-message sent twice"));
         }
         self.state = ServerState::Failed;
-        let msg = std::str::from_utf8(data)
-            .map_err(|_| ScramError::Malformed("client-first-message is not UTF-8"))?;
+        let msg = std::str::from_utf8(data).map_err(|_| ScramError::Malformed("client-first-message is not UTF-8"))?;
         let (gs2_header, bare) = split_gs2_header(msg)?;
         let client_nonce = parse_client_first_bare(bare)?;
 
         let mut raw = [0u8; 18];
         random_bytes(&mut raw).map_err(ScramError::Random)?;
         let nonce = format!("{client_nonce}{}", B64.encode(raw));
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&self.secret.salt),
-            self.secret.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&self.secret.salt), self.secret.iterations);
         let reply = server_first.clone().into_bytes();
-        self.state = ServerState::AwaitingClientFinal {
-            gs2_header,
-            client_first_bare: bare.to_owned(),
-            server_first,
-            nonce,
-        };
+        self.state =
+            ServerState::AwaitingClientFinal { gs2_header, client_first_bare: bare.to_owned(), server_first, nonce };
         Ok(reply)
     }
 
@@ -293,33 +280,21 @@ impl ScramServer {
     /// (AuthenticationSASLFinal data).
     pub fn client_final(&mut self, data: &[u8]) -> Result<Vec<u8>, ScramError> {
         let state = std::mem::replace(&mut self.state, ServerState::Failed);
-        let ServerState::AwaitingClientFinal {
-            gs2_header,
-            client_first_bare,
-            server_first,
-            nonce,
-        } = state
-        else {
-            return Err(ScramError::OutOfOrder(
-                "client-final-message before client-first-message",
-            ));
+        let ServerState::AwaitingClientFinal { gs2_header, client_first_bare, server_first, nonce } = state else {
+            return Err(ScramError::OutOfOrder("client-final-message before client-first-message"));
         };
-        let msg = std::str::from_utf8(data)
-            .map_err(|_| ScramError::Malformed("client-final-message is not UTF-8"))?;
+        let msg = std::str::from_utf8(data).map_err(|_| ScramError::Malformed("client-final-message is not UTF-8"))?;
         // The proof is always the last attribute, and everything before it
         // is signed as client-final-message-without-proof.
-        let (without_proof, proof_b64) = msg
-            .rsplit_once(",p=")
-            .ok_or(ScramError::Malformed("client-final-message has no proof"))?;
+        let (without_proof, proof_b64) =
+            msg.rsplit_once(",p=").ok_or(ScramError::Malformed("client-final-message has no proof"))?;
         let mut attrs = without_proof.split(',');
         let cbind = attrs
             .next()
             .and_then(|a| a.strip_prefix("c="))
             .ok_or(ScramError::Malformed("expected channel binding attribute"))?;
-        let final_nonce = attrs
-            .next()
-            .and_then(|a| a.strip_prefix("r="))
-            .ok_or(ScramError::Malformed("expected nonce attribute"))?;
+        let final_nonce =
+            attrs.next().and_then(|a| a.strip_prefix("r=")).ok_or(ScramError::Malformed("expected nonce attribute"))?;
         // Any further attributes are extensions, which RFC 5802 says to ignore.
         if cbind != B64.encode(gs2_header) {
             return Err(ScramError::ChannelBindingMismatch);
@@ -331,9 +306,7 @@ impl ScramServer {
             .decode(proof_b64)
             .ok()
             .and_then(|p| p.try_into().ok())
-            .ok_or(ScramError::Malformed(
-                "client proof is not 32 bytes of base64",
-            ))?;
+            .ok_or(ScramError::Malformed("client proof is not 32 bytes of base64"))?;
 
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         let signature = hmac_sha256(&self.secret.stored_key, &[auth_message.as_bytes()]);
@@ -371,16 +344,12 @@ fn split_gs2_header(msg: &str) -> Result<(&'static str, &str), ScramError> {
     } else if msg.starts_with("p=") {
         return Err(ScramError::ChannelBindingUnsupported);
     } else {
-        return Err(ScramError::Malformed(
-            "unexpected channel-binding flag in client-first-message",
-        ));
+        return Err(ScramError::Malformed("unexpected channel-binding flag in client-first-message"));
     };
     if rest.starts_with("a=") {
         return Err(ScramError::AuthzidUnsupported);
     }
-    let bare = rest.strip_prefix(',').ok_or(ScramError::Malformed(
-        "expected ',' after channel-binding flag",
-    ))?;
+    let bare = rest.strip_prefix(',').ok_or(ScramError::Malformed("expected ',' after channel-binding flag"))?;
     Ok((header, bare))
 }
 
@@ -392,18 +361,11 @@ fn parse_client_first_bare(bare: &str) -> Result<&str, ScramError> {
     let mut attrs = bare.split(',');
     // PostgreSQL ignores the SCRAM user name (libpq sends it empty) and uses
     // the one from the startup packet; so do we.
-    attrs
-        .next()
-        .and_then(|a| a.strip_prefix("n="))
-        .ok_or(ScramError::Malformed("expected user name attribute"))?;
-    let nonce = attrs
-        .next()
-        .and_then(|a| a.strip_prefix("r="))
-        .ok_or(ScramError::Malformed("expected nonce attribute"))?;
+    attrs.next().and_then(|a| a.strip_prefix("n=")).ok_or(ScramError::Malformed("expected user name attribute"))?;
+    let nonce =
+        attrs.next().and_then(|a| a.strip_prefix("r=")).ok_or(ScramError::Malformed("expected nonce attribute"))?;
     if !is_nonce(nonce) {
-        return Err(ScramError::Malformed(
-            "client nonce is empty or not printable",
-        ));
+        return Err(ScramError::Malformed("client nonce is empty or not printable"));
     }
     Ok(nonce)
 }
@@ -417,9 +379,7 @@ pub struct ScramClient {
 
 impl ScramClient {
     pub fn new(password: &[u8]) -> Self {
-        ScramClient {
-            inner: ScramSha256::new(password, ChannelBinding::unsupported()),
-        }
+        ScramClient { inner: ScramSha256::new(password, ChannelBinding::unsupported()) }
     }
 
     /// The message to send next (client-first, then client-final).
@@ -460,10 +420,7 @@ mod tests {
         assert!(stored.starts_with("md5"));
         let salt = [0x2a, 0x3d, 0x8f, 0xe0];
         // Known answer from postgres-protocol's own test.
-        assert_eq!(
-            md5_salted_response(&stored, salt),
-            "md562af4dd09bbb41884907a838a3233294"
-        );
+        assert_eq!(md5_salted_response(&stored, salt), "md562af4dd09bbb41884907a838a3233294");
         assert_eq!(
             md5_salted_response(&stored, salt),
             postgres_protocol::authentication::md5_hash(b"md5_user", b"password", salt)
@@ -478,17 +435,11 @@ mod tests {
     fn hmac_matches_rfc4231() {
         // RFC 4231 test case 2 (short key) and 6 (key longer than a block).
         assert_eq!(
-            hex(&hmac_sha256(
-                b"Jefe",
-                &[b"what do ya want ", b"for nothing?"]
-            )),
+            hex(&hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"])),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         assert_eq!(
-            hex(&hmac_sha256(
-                &[0xaa; 131],
-                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
-            )),
+            hex(&hmac_sha256(&[0xaa; 131], &[b"Test Using Larger Than Block-Size Key - Hash Key First"])),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
     }
@@ -501,10 +452,7 @@ mod tests {
         assert_eq!(secret.salt.len(), 16);
         assert!(secret.verify_password("pw"));
         assert!(!secret.verify_password("pW"));
-        assert_eq!(
-            ScramSecret::from_password("pw", &secret.salt, secret.iterations),
-            secret
-        );
+        assert_eq!(ScramSecret::from_password("pw", &secret.salt, secret.iterations), secret);
         for bad in [
             "",
             "md5abc",
@@ -537,17 +485,10 @@ mod tests {
     fn scram_end_to_end() {
         let derived = ScramSecret::from_password("pencil", b"0123456789abcdef", 4096);
         exchange(derived.clone(), "pencil").unwrap();
-        assert!(matches!(
-            exchange(derived, "pen"),
-            Err(ScramError::InvalidProof)
-        ));
-        let stored =
-            ScramSecret::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
+        assert!(matches!(exchange(derived, "pen"), Err(ScramError::InvalidProof)));
+        let stored = ScramSecret::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
         exchange(stored.clone(), "pw").unwrap();
-        assert!(matches!(
-            exchange(stored, "wp"),
-            Err(ScramError::InvalidProof)
-        ));
+        assert!(matches!(exchange(stored, "wp"), Err(ScramError::InvalidProof)));
     }
 
     #[test]
@@ -580,24 +521,9 @@ mod tests {
             server().client_first(b"p=tls-server-end-point,,n=,r=abc"),
             Err(ScramError::ChannelBindingUnsupported)
         ));
-        assert!(matches!(
-            server().client_first(b"n,a=bob,n=,r=abc"),
-            Err(ScramError::AuthzidUnsupported)
-        ));
-        assert!(matches!(
-            server().client_first(b"n,,m=x,n=,r=abc"),
-            Err(ScramError::ExtensionUnsupported)
-        ));
-        for bad in [
-            &b""[..],
-            b"n",
-            b"n,,",
-            b"n,,n=",
-            b"n,,n=,r=",
-            b"n,,r=abc",
-            b"x,,n=,r=a",
-            b"n,,n=,r=a\xff",
-        ] {
+        assert!(matches!(server().client_first(b"n,a=bob,n=,r=abc"), Err(ScramError::AuthzidUnsupported)));
+        assert!(matches!(server().client_first(b"n,,m=x,n=,r=abc"), Err(ScramError::ExtensionUnsupported)));
+        for bad in [&b""[..], b"n", b"n,,", b"n,,n=", b"n,,n=,r=", b"n,,r=abc", b"x,,n=,r=a", b"n,,n=,r=a\xff"] {
             assert!(server().client_first(bad).is_err(), "{bad:?}");
         }
     }
@@ -605,9 +531,7 @@ mod tests {
     /// A server that has seen "n,,n=,r=abc", and the nonce it chose.
     fn after_first(header: &str) -> (ScramServer, String) {
         let mut s = server();
-        let reply = s
-            .client_first(format!("{header}n=,r=abc").as_bytes())
-            .unwrap();
+        let reply = s.client_first(format!("{header}n=,r=abc").as_bytes()).unwrap();
         let reply = String::from_utf8(reply).unwrap();
         let nonce = reply.split(',').next().unwrap()[2..].to_string();
         (s, nonce)
@@ -627,29 +551,17 @@ mod tests {
             Err(ScramError::ChannelBindingMismatch)
         ));
         let (mut s, _) = after_first("n,,");
-        assert!(matches!(
-            s.client_final(format!("c=biws,r=abc,p={proof}").as_bytes()),
-            Err(ScramError::NonceMismatch)
-        ));
+        assert!(matches!(s.client_final(format!("c=biws,r=abc,p={proof}").as_bytes()), Err(ScramError::NonceMismatch)));
         let (mut s, nonce) = after_first("n,,");
         assert!(matches!(
             s.client_final(format!("c=biws,r={nonce},p={proof}").as_bytes()),
             Err(ScramError::InvalidProof)
         ));
         // Once failed, the exchange stays failed.
-        assert!(matches!(
-            s.client_final(b"c=biws"),
-            Err(ScramError::OutOfOrder(_))
-        ));
-        assert!(matches!(
-            server().client_final(b"c=biws,r=a,p=AAAA"),
-            Err(ScramError::OutOfOrder(_))
-        ));
+        assert!(matches!(s.client_final(b"c=biws"), Err(ScramError::OutOfOrder(_))));
+        assert!(matches!(server().client_final(b"c=biws,r=a,p=AAAA"), Err(ScramError::OutOfOrder(_))));
         let (mut s, nonce) = after_first("n,,");
-        assert!(matches!(
-            s.client_final(format!("c=biws,r={nonce},p=AAAA").as_bytes()),
-            Err(ScramError::Malformed(_))
-        ));
+        assert!(matches!(s.client_final(format!("c=biws,r={nonce},p=AAAA").as_bytes()), Err(ScramError::Malformed(_))));
     }
 
     #[test]
@@ -685,10 +597,7 @@ mod tests {
     #[test]
     fn client_rejects_bad_server() {
         let mut client = ScramClient::new(b"pw");
-        assert!(matches!(
-            client.update(b"garbage"),
-            Err(ScramError::Client(_))
-        ));
+        assert!(matches!(client.update(b"garbage"), Err(ScramError::Client(_))));
         // A server that does not know the password cannot fake the final.
         let mut client = ScramClient::new(b"pw");
         let mut s = ScramServer::new(ScramSecret::from_password("other", b"salt", 16));

@@ -264,8 +264,7 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields, DecodeError> {
         if t == 0 {
             break;
         }
-        let v =
-            String::from_utf8_lossy(cur.read_cstr_bytes().ctx("error field value")?).into_owned();
+        let v = String::from_utf8_lossy(cur.read_cstr_bytes().ctx("error field value")?).into_owned();
         match t {
             b'S' => localized_severity = Some(v),
             b'V' => f.severity = v,
@@ -298,10 +297,7 @@ mod tests {
 
     #[test]
     fn error_and_notice() {
-        assert_eq!(
-            enc(|o| error_response(o, "FATAL", "28P01", "bad")),
-            b"E\0\0\0\x1fSFATAL\0VFATAL\0C28P01\0Mbad\0\0"
-        );
+        assert_eq!(enc(|o| error_response(o, "FATAL", "28P01", "bad")), b"E\0\0\0\x1fSFATAL\0VFATAL\0C28P01\0Mbad\0\0");
         assert_eq!(
             enc(|o| notice_response(o, "NOTICE", "00000", "hi")),
             b"N\0\0\0\x20SNOTICE\0VNOTICE\0C00000\0Mhi\0\0"
@@ -327,41 +323,23 @@ mod tests {
     fn auth_messages() {
         assert_eq!(enc(auth_ok), b"R\0\0\0\x08\0\0\0\0");
         assert_eq!(enc(auth_cleartext), b"R\0\0\0\x08\0\0\0\x03");
-        assert_eq!(
-            enc(|o| auth_md5(o, [1, 2, 3, 4])),
-            b"R\0\0\0\x0c\0\0\0\x05\x01\x02\x03\x04"
-        );
-        assert_eq!(
-            enc(|o| auth_sasl(o, &["SCRAM-SHA-256"])),
-            b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0"
-        );
-        assert_eq!(
-            enc(|o| auth_sasl_continue(o, b"r=x")),
-            b"R\0\0\0\x0b\0\0\0\x0br=x"
-        );
-        assert_eq!(
-            enc(|o| auth_sasl_final(o, b"v=y")),
-            b"R\0\0\0\x0b\0\0\0\x0cv=y"
-        );
+        assert_eq!(enc(|o| auth_md5(o, [1, 2, 3, 4])), b"R\0\0\0\x0c\0\0\0\x05\x01\x02\x03\x04");
+        assert_eq!(enc(|o| auth_sasl(o, &["SCRAM-SHA-256"])), b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0");
+        assert_eq!(enc(|o| auth_sasl_continue(o, b"r=x")), b"R\0\0\0\x0b\0\0\0\x0br=x");
+        assert_eq!(enc(|o| auth_sasl_final(o, b"v=y")), b"R\0\0\0\x0b\0\0\0\x0cv=y");
     }
 
     #[test]
     fn simple_messages() {
         assert_eq!(enc(|o| parameter_status(o, "a", "b")), b"S\0\0\0\x08a\0b\0");
-        assert_eq!(
-            enc(|o| backend_key_data(o, 1, 0x01020304)),
-            b"K\0\0\0\x0c\0\0\0\x01\x01\x02\x03\x04"
-        );
+        assert_eq!(enc(|o| backend_key_data(o, 1, 0x01020304)), b"K\0\0\0\x0c\0\0\0\x01\x01\x02\x03\x04");
         assert_eq!(enc(|o| ready_for_query(o, b'I')), b"Z\0\0\0\x05I");
         assert_eq!(enc(parse_complete), b"1\0\0\0\x04");
         assert_eq!(enc(bind_complete), b"2\0\0\0\x04");
         assert_eq!(enc(close_complete), b"3\0\0\0\x04");
         assert_eq!(enc(no_data), b"n\0\0\0\x04");
         assert_eq!(enc(empty_query_response), b"I\0\0\0\x04");
-        assert_eq!(
-            enc(|o| command_complete(o, "SELECT 1")),
-            b"C\0\0\0\x0dSELECT 1\0"
-        );
+        assert_eq!(enc(|o| command_complete(o, "SELECT 1")), b"C\0\0\0\x0dSELECT 1\0");
         assert_eq!(
             enc(|o| negotiate_protocol_version(o, 0, &["_pq_.x".to_string()])),
             b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0"
@@ -376,36 +354,19 @@ mod tests {
     #[test]
     fn decode_auth_requests() {
         assert_eq!(parse_auth_request(b"\0\0\0\0"), Ok(AuthRequest::Ok));
-        assert_eq!(
-            parse_auth_request(b"\0\0\0\x03"),
-            Ok(AuthRequest::Cleartext)
-        );
+        assert_eq!(parse_auth_request(b"\0\0\0\x03"), Ok(AuthRequest::Cleartext));
         let md5 = b"\0\0\0\x05abcd";
-        assert_eq!(
-            parse_auth_request(md5),
-            Ok(AuthRequest::Md5 { salt: *b"abcd" })
-        );
+        assert_eq!(parse_auth_request(md5), Ok(AuthRequest::Md5 { salt: *b"abcd" }));
         assert_prefixes_fail(md5, |b| parse_auth_request(b).is_ok());
         let sasl = b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
         assert_eq!(
             parse_auth_request(sasl),
-            Ok(AuthRequest::Sasl {
-                mechanisms: vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
-            })
+            Ok(AuthRequest::Sasl { mechanisms: vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] })
         );
         assert_prefixes_fail(sasl, |b| parse_auth_request(b).is_ok());
-        assert_eq!(
-            parse_auth_request(b"\0\0\0\x0bxyz"),
-            Ok(AuthRequest::SaslContinue(b"xyz"))
-        );
-        assert_eq!(
-            parse_auth_request(b"\0\0\0\x0cxyz"),
-            Ok(AuthRequest::SaslFinal(b"xyz"))
-        );
-        assert_eq!(
-            parse_auth_request(b"\0\0\0\x07"),
-            Ok(AuthRequest::Unsupported(7))
-        );
+        assert_eq!(parse_auth_request(b"\0\0\0\x0bxyz"), Ok(AuthRequest::SaslContinue(b"xyz")));
+        assert_eq!(parse_auth_request(b"\0\0\0\x0cxyz"), Ok(AuthRequest::SaslFinal(b"xyz")));
+        assert_eq!(parse_auth_request(b"\0\0\0\x07"), Ok(AuthRequest::Unsupported(7)));
         assert_prefixes_fail(b"\0\0\0\x0c", |b| parse_auth_request(b).is_ok());
         // Lying lengths: more bytes than the request type carries.
         assert!(parse_auth_request(b"\0\0\0\0x").is_err());
@@ -428,18 +389,14 @@ mod tests {
         for s in *b"ITE" {
             assert_eq!(parse_ready_for_query(&[s]), Ok(s));
         }
-        assert_eq!(
-            parse_ready_for_query(b"X"),
-            Err(DecodeError::Invalid("ReadyForQuery status"))
-        );
+        assert_eq!(parse_ready_for_query(b"X"), Err(DecodeError::Invalid("ReadyForQuery status")));
         assert!(parse_ready_for_query(b"").is_err());
         assert!(parse_ready_for_query(b"II").is_err());
     }
 
     #[test]
     fn decode_error_fields() {
-        let body =
-            b"SERREUR\0VERROR\0C42P01\0Mrelation \"x\" does not exist\0P15\0Fparse_relation.c\0\0";
+        let body = b"SERREUR\0VERROR\0C42P01\0Mrelation \"x\" does not exist\0P15\0Fparse_relation.c\0\0";
         let f = parse_error_fields(body).unwrap();
         assert_eq!(f.severity, "ERROR");
         assert_eq!(f.code, "42P01");
@@ -449,10 +406,7 @@ mod tests {
         // Old servers: only the localised severity.
         assert_eq!(parse_error_fields(b"SFATAL\0\0").unwrap().severity, "FATAL");
         // Non-UTF-8 text still decodes for logging.
-        assert_eq!(
-            parse_error_fields(b"M\xff\0\0").unwrap().message,
-            "\u{fffd}"
-        );
+        assert_eq!(parse_error_fields(b"M\xff\0\0").unwrap().message, "\u{fffd}");
         assert!(parse_error_fields(b"Mx\0\0junk").is_err());
     }
 

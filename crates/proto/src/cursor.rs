@@ -53,10 +53,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn read_array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
-        let (head, tail) = self
-            .buf
-            .split_first_chunk::<N>()
-            .ok_or(DecodeError::Truncated(what))?;
+        let (head, tail) = self.buf.split_first_chunk::<N>().ok_or(DecodeError::Truncated(what))?;
         self.buf = tail;
         Ok(*head)
     }
@@ -92,11 +89,7 @@ impl<'a> Cursor<'a> {
 
     /// A NUL-terminated byte string, returned without its NUL.
     pub fn read_cstr_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
-        let nul = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(DecodeError::MissingNul("string"))?;
+        let nul = self.buf.iter().position(|&b| b == 0).ok_or(DecodeError::MissingNul("string"))?;
         let (head, tail) = self.buf.split_at(nul);
         // `tail` starts with the NUL we just found.
         self.buf = tail.get(1..).unwrap_or_default();
@@ -153,24 +146,12 @@ mod tests {
 
     #[test]
     fn short_reads_fail() {
-        assert_eq!(
-            Cursor::new(&[1]).read_u16().ctx("x"),
-            Err(DecodeError::Truncated("x"))
-        );
-        assert_eq!(
-            Cursor::new(&[1, 2, 3]).read_u32().ctx("x"),
-            Err(DecodeError::Truncated("x"))
-        );
-        assert_eq!(
-            Cursor::new(&[1, 2, 3]).read_i32().ctx("x"),
-            Err(DecodeError::Truncated("x"))
-        );
+        assert_eq!(Cursor::new(&[1]).read_u16().ctx("x"), Err(DecodeError::Truncated("x")));
+        assert_eq!(Cursor::new(&[1, 2, 3]).read_u32().ctx("x"), Err(DecodeError::Truncated("x")));
+        assert_eq!(Cursor::new(&[1, 2, 3]).read_i32().ctx("x"), Err(DecodeError::Truncated("x")));
         let mut c = Cursor::new(&[1, 2, 3]);
         assert_eq!(c.read_bytes(4).ctx("x"), Err(DecodeError::Truncated("x")));
-        assert_eq!(
-            c.read_bytes(usize::MAX).ctx("x"),
-            Err(DecodeError::Truncated("x"))
-        );
+        assert_eq!(c.read_bytes(usize::MAX).ctx("x"), Err(DecodeError::Truncated("x")));
         assert_eq!(c.read_bytes(2), Ok(&[1u8, 2][..]));
         assert_eq!(c.rest(), &[3u8][..]);
         assert_eq!(c.remaining(), 1);
@@ -182,10 +163,7 @@ mod tests {
         assert_eq!(c.read_cstr(), Ok("ab"));
         assert_eq!(c.read_cstr(), Ok(""));
         assert_eq!(c.read_cstr().ctx("s"), Err(DecodeError::InvalidUtf8("s")));
-        assert_eq!(
-            c.read_cstr_bytes().ctx("s"),
-            Err(DecodeError::MissingNul("s"))
-        );
+        assert_eq!(c.read_cstr_bytes().ctx("s"), Err(DecodeError::MissingNul("s")));
         let mut c = Cursor::new(b"c\xff\0");
         assert_eq!(c.read_cstr_bytes(), Ok(&b"c\xff"[..]));
         assert!(c.is_empty());
@@ -193,10 +171,7 @@ mod tests {
 
     #[test]
     fn display_names_the_field() {
-        assert_eq!(
-            DecodeError::Truncated("Parse statement name").to_string(),
-            "truncated Parse statement name"
-        );
+        assert_eq!(DecodeError::Truncated("Parse statement name").to_string(), "truncated Parse statement name");
         assert_eq!(DecodeError::Invalid("x").to_string(), "invalid x");
     }
 }

@@ -37,10 +37,7 @@ impl Header {
 /// No validation: callers decide which direction's rules apply.
 pub fn peek_header(buf: &[u8]) -> Option<Header> {
     let [tag, a, b, c, d] = *buf.first_chunk::<HEADER_LEN>()?;
-    Some(Header {
-        tag,
-        len: u32::from_be_bytes([a, b, c, d]),
-    })
+    Some(Header { tag, len: u32::from_be_bytes([a, b, c, d]) })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,17 +61,11 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::LengthTooShort { tag, len } => {
-                write!(
-                    f,
-                    "invalid message length {len} for message type {}",
-                    tag_name(*tag)
-                )
+                write!(f, "invalid message length {len} for message type {}", tag_name(*tag))
             }
-            FrameError::LengthTooLong { tag, len, max } => write!(
-                f,
-                "message length {len} for message type {} exceeds the limit of {max} bytes",
-                tag_name(*tag)
-            ),
+            FrameError::LengthTooLong { tag, len, max } => {
+                write!(f, "message length {len} for message type {} exceeds the limit of {max} bytes", tag_name(*tag))
+            }
             FrameError::UnknownTag(tag) => write!(f, "unknown message type 0x{tag:02x}"),
         }
     }
@@ -84,22 +75,7 @@ impl std::error::Error for FrameError {}
 
 /// Frontend (client to server) message types valid once startup is over.
 pub fn is_frontend_tag(tag: u8) -> bool {
-    matches!(
-        tag,
-        b'Q' | b'P'
-            | b'B'
-            | b'D'
-            | b'E'
-            | b'C'
-            | b'S'
-            | b'H'
-            | b'X'
-            | b'd'
-            | b'c'
-            | b'f'
-            | b'F'
-            | b'p'
-    )
+    matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'X' | b'd' | b'c' | b'f' | b'F' | b'p')
 }
 
 /// Backend (server to client) message types.
@@ -134,17 +110,10 @@ pub fn is_backend_tag(tag: u8) -> bool {
 
 fn check(h: Header, max_len: u32, known: fn(u8) -> bool) -> Result<(), FrameError> {
     if h.len < 4 {
-        return Err(FrameError::LengthTooShort {
-            tag: h.tag,
-            len: h.len,
-        });
+        return Err(FrameError::LengthTooShort { tag: h.tag, len: h.len });
     }
     if h.len > max_len {
-        return Err(FrameError::LengthTooLong {
-            tag: h.tag,
-            len: h.len,
-            max: max_len,
-        });
+        return Err(FrameError::LengthTooLong { tag: h.tag, len: h.len, max: max_len });
     }
     if !known(h.tag) {
         return Err(FrameError::UnknownTag(h.tag));
@@ -180,14 +149,9 @@ mod tests {
     fn lengths_below_four_saturate() {
         let h = peek_header(b"Q\0\0\0\x02").unwrap();
         assert_eq!(h.body_len(), 0);
+        assert_eq!(check_frontend(h, DEFAULT_MAX_MESSAGE_LEN), Err(FrameError::LengthTooShort { tag: b'Q', len: 2 }));
         assert_eq!(
-            check_frontend(h, DEFAULT_MAX_MESSAGE_LEN),
-            Err(FrameError::LengthTooShort { tag: b'Q', len: 2 })
-        );
-        assert_eq!(
-            check_frontend(h, DEFAULT_MAX_MESSAGE_LEN)
-                .unwrap_err()
-                .to_string(),
+            check_frontend(h, DEFAULT_MAX_MESSAGE_LEN).unwrap_err().to_string(),
             "invalid message length 2 for message type 'Q'"
         );
         let h = peek_header(&[b'Q', 0xff, 0xff, 0xff, 0xff]).unwrap();
@@ -199,24 +163,11 @@ mod tests {
         let ok = Header { tag: b'S', len: 4 };
         assert_eq!(check_frontend(ok, 4), Ok(()));
         assert_eq!(check_backend(ok, 4), Ok(()));
-        let long = Header {
-            tag: b'D',
-            len: 100,
-        };
-        assert_eq!(
-            check_backend(long, 99),
-            Err(FrameError::LengthTooLong {
-                tag: b'D',
-                len: 100,
-                max: 99
-            })
-        );
+        let long = Header { tag: b'D', len: 100 };
+        assert_eq!(check_backend(long, 99), Err(FrameError::LengthTooLong { tag: b'D', len: 100, max: 99 }));
         let unknown = Header { tag: 7, len: 4 };
         assert_eq!(check_frontend(unknown, 100), Err(FrameError::UnknownTag(7)));
-        assert_eq!(
-            FrameError::UnknownTag(7).to_string(),
-            "unknown message type 0x07"
-        );
+        assert_eq!(FrameError::UnknownTag(7).to_string(), "unknown message type 0x07");
         // 'R' only travels server to client, 'Q' only client to server.
         assert!(check_frontend(Header { tag: b'R', len: 8 }, 100).is_err());
         assert!(check_backend(Header { tag: b'Q', len: 8 }, 100).is_err());

@@ -100,9 +100,7 @@ pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), DecodeE
         n if n < 0 => return Err(DecodeError::Invalid("SASLInitialResponse data length")),
         n => {
             if n as usize != cur.remaining() {
-                return Err(DecodeError::Invalid(
-                    "SASLInitialResponse data length (does not match message)",
-                ));
+                return Err(DecodeError::Invalid("SASLInitialResponse data length (does not match message)"));
             }
             cur.read_bytes(n as usize).ctx("SASLInitialResponse data")?
         }
@@ -137,24 +135,17 @@ pub fn parse_parse(body: &[u8]) -> Result<Parse<'_>, DecodeError> {
     let name = cur.read_cstr().ctx("Parse statement name")?;
     let query = cur.read_cstr().ctx("Parse query")?;
     let count = cur.read_i16().ctx("Parse parameter count")?;
-    let count =
-        usize::try_from(count).map_err(|_| DecodeError::Invalid("Parse parameter count"))?;
+    let count = usize::try_from(count).map_err(|_| DecodeError::Invalid("Parse parameter count"))?;
     // Check the count against the bytes present before allocating, so a
     // lying count cannot make us reserve memory.
     if cur.remaining() != count * 4 {
-        return Err(DecodeError::Invalid(
-            "Parse parameter count (does not match message length)",
-        ));
+        return Err(DecodeError::Invalid("Parse parameter count (does not match message length)"));
     }
     let mut param_types = Vec::with_capacity(count);
     for _ in 0..count {
         param_types.push(cur.read_u32().ctx("Parse parameter type")?);
     }
-    Ok(Parse {
-        name,
-        query,
-        param_types,
-    })
+    Ok(Parse { name, query, param_types })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -191,22 +182,12 @@ fn parse_kind_and_name<'a>(
 
 /// Describe body: (b'S' statement or b'P' portal, name).
 pub fn parse_describe(body: &[u8]) -> Result<(u8, &str), DecodeError> {
-    parse_kind_and_name(
-        body,
-        "Describe kind",
-        "Describe name",
-        "trailing bytes after Describe",
-    )
+    parse_kind_and_name(body, "Describe kind", "Describe name", "trailing bytes after Describe")
 }
 
 /// Close body: (b'S' statement or b'P' portal, name).
 pub fn parse_close(body: &[u8]) -> Result<(u8, &str), DecodeError> {
-    parse_kind_and_name(
-        body,
-        "Close kind",
-        "Close name",
-        "trailing bytes after Close",
-    )
+    parse_kind_and_name(body, "Close kind", "Close name", "trailing bytes after Close")
 }
 
 /// Execute body: (portal, row limit; 0 means no limit).
@@ -232,10 +213,7 @@ mod tests {
 
     #[test]
     fn encoders() {
-        assert_eq!(
-            enc(|o| startup_message(o, &[("user", "u")])),
-            b"\0\0\0\x10\0\x03\0\0user\0u\0\0"
-        );
+        assert_eq!(enc(|o| startup_message(o, &[("user", "u")])), b"\0\0\0\x10\0\x03\0\0user\0u\0\0");
         assert_eq!(enc(|o| password_message(o, b"pw")), b"p\0\0\0\x07pw\0");
         assert_eq!(
             enc(|o| sasl_initial_response(o, "SCRAM-SHA-256", b"n,,")),
@@ -246,30 +224,19 @@ mod tests {
         assert_eq!(enc(sync), b"S\0\0\0\x04");
         assert_eq!(enc(flush), b"H\0\0\0\x04");
         assert_eq!(enc(terminate), b"X\0\0\0\x04");
-        assert_eq!(
-            enc(|o| cancel_request(o, 1, 2)),
-            b"\0\0\0\x10\x04\xd2\x16\x2e\0\0\0\x01\0\0\0\x02"
-        );
+        assert_eq!(enc(|o| cancel_request(o, 1, 2)), b"\0\0\0\x10\x04\xd2\x16\x2e\0\0\0\x01\0\0\0\x02");
         assert_eq!(enc(|o| copy_fail(o, "no")), b"f\0\0\0\x07no\0");
     }
 
     #[test]
     fn encoders_round_trip_through_decoders() {
         let s = enc(|o| startup_message(o, &[("user", "u"), ("database", "d")]));
-        let StartupPacket::Startup(st) = decode_startup(&s).unwrap() else {
-            panic!("not a startup")
-        };
+        let StartupPacket::Startup(st) = decode_startup(&s).unwrap() else { panic!("not a startup") };
         assert_eq!((st.user(), st.database()), (Some("u"), Some("d")));
         let c = enc(|o| cancel_request(o, 7, 9));
-        assert_eq!(
-            decode_startup(&c),
-            Ok(StartupPacket::Cancel { pid: 7, key: 9 })
-        );
+        assert_eq!(decode_startup(&c), Ok(StartupPacket::Cancel { pid: 7, key: 9 }));
         let p = enc(|o| sasl_initial_response(o, "SCRAM-SHA-256", b"n,,n=,r=abc"));
-        assert_eq!(
-            parse_sasl_initial_response(&p[5..]),
-            Ok(("SCRAM-SHA-256", &b"n,,n=,r=abc"[..]))
-        );
+        assert_eq!(parse_sasl_initial_response(&p[5..]), Ok(("SCRAM-SHA-256", &b"n,,n=,r=abc"[..])));
     }
 
     #[test]
@@ -279,15 +246,9 @@ mod tests {
         assert!(parse_password(b"a\0b").is_err());
 
         let init = b"SCRAM-SHA-256\0\0\0\0\x03n,,";
-        assert_eq!(
-            parse_sasl_initial_response(init),
-            Ok(("SCRAM-SHA-256", &b"n,,"[..]))
-        );
+        assert_eq!(parse_sasl_initial_response(init), Ok(("SCRAM-SHA-256", &b"n,,"[..])));
         assert_prefixes_fail(init, |b| parse_sasl_initial_response(b).is_ok());
-        assert_eq!(
-            parse_sasl_initial_response(b"M\0\xff\xff\xff\xff"),
-            Ok(("M", &b""[..]))
-        );
+        assert_eq!(parse_sasl_initial_response(b"M\0\xff\xff\xff\xff"), Ok(("M", &b""[..])));
         // Lying lengths in both directions, and negative ones.
         assert!(parse_sasl_initial_response(b"M\0\0\0\0\x04n,,").is_err());
         assert!(parse_sasl_initial_response(b"M\0\0\0\0\x02n,,").is_err());
@@ -303,53 +264,27 @@ mod tests {
         assert!(parse_query(b"SELECT 1\0\0").is_err());
 
         let p = b"s1\0SELECT $1\0\0\x01\0\0\0\x17";
-        assert_eq!(
-            parse_parse(p),
-            Ok(Parse {
-                name: "s1",
-                query: "SELECT $1",
-                param_types: vec![23]
-            })
-        );
+        assert_eq!(parse_parse(p), Ok(Parse { name: "s1", query: "SELECT $1", param_types: vec![23] }));
         assert_prefixes_fail(p, |b| parse_parse(b).is_ok());
-        assert_eq!(
-            parse_parse(b"\0SELECT 1\0\0\0"),
-            Ok(Parse {
-                name: "",
-                query: "SELECT 1",
-                param_types: vec![]
-            })
-        );
+        assert_eq!(parse_parse(b"\0SELECT 1\0\0\0"), Ok(Parse { name: "", query: "SELECT 1", param_types: vec![] }));
         // Count larger than the data, smaller than the data, negative.
         assert!(parse_parse(b"\0q\0\x7f\xff\0\0\0\x17").is_err());
         assert!(parse_parse(b"\0q\0\0\0\0\0\0\x17").is_err());
         assert!(parse_parse(b"\0q\0\xff\xff").is_err());
-        assert_eq!(
-            parse_parse(b"\xff\0q\0\0\0"),
-            Err(DecodeError::InvalidUtf8("Parse statement name"))
-        );
+        assert_eq!(parse_parse(b"\xff\0q\0\0\0"), Err(DecodeError::InvalidUtf8("Parse statement name")));
     }
 
     #[test]
     fn bind_describe_close_execute() {
         // Portal, statement, then parameter data pgmux does not interpret.
         let b = b"p1\0s1\0\0\0\0\0\0\0";
-        assert_eq!(
-            parse_bind(b),
-            Ok(Bind {
-                portal: "p1",
-                statement: "s1"
-            })
-        );
+        assert_eq!(parse_bind(b), Ok(Bind { portal: "p1", statement: "s1" }));
         assert_prefixes_fail(b"p1\0s1\0", |x| parse_bind(x).is_ok());
 
         assert_eq!(parse_describe(b"Sst\0"), Ok((b'S', "st")));
         assert_eq!(parse_describe(b"P\0"), Ok((b'P', "")));
         assert_prefixes_fail(b"Sst\0", |x| parse_describe(x).is_ok());
-        assert_eq!(
-            parse_describe(b"Xst\0"),
-            Err(DecodeError::Invalid("Describe kind"))
-        );
+        assert_eq!(parse_describe(b"Xst\0"), Err(DecodeError::Invalid("Describe kind")));
         assert!(parse_describe(b"Sst\0x").is_err());
 
         assert_eq!(parse_close(b"Pp\0"), Ok((b'P', "p")));

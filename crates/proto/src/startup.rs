@@ -41,11 +41,7 @@ impl Startup {
     /// The value of a parameter; if it was sent twice, the later one wins,
     /// matching PostgreSQL's handling of repeated GUCs.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn user(&self) -> Option<&str> {
@@ -78,10 +74,9 @@ impl fmt::Display for StartupError {
             StartupError::TooShort(len) | StartupError::TooLong(len) => {
                 write!(f, "invalid startup packet length {len}")
             }
-            StartupError::UnsupportedVersion { major, minor } => write!(
-                f,
-                "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
-            ),
+            StartupError::UnsupportedVersion { major, minor } => {
+                write!(f, "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")
+            }
             StartupError::Malformed(why) => write!(f, "invalid startup packet layout: {why}"),
             StartupError::MissingUser => {
                 write!(f, "no PostgreSQL user name specified in startup packet")
@@ -123,9 +118,7 @@ pub fn decode_startup(packet: &[u8]) -> Result<StartupPacket, StartupError> {
         None => return Err(DecodeError::Truncated("startup packet length").into()),
     };
     if len != packet.len() {
-        return Err(StartupError::Malformed(
-            "length word does not match packet size",
-        ));
+        return Err(StartupError::Malformed("length word does not match packet size"));
     }
     let mut cur = Cursor::new(packet);
     cur.read_u32().ctx("startup packet length")?;
@@ -133,15 +126,9 @@ pub fn decode_startup(packet: &[u8]) -> Result<StartupPacket, StartupError> {
     match code {
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
             if !cur.is_empty() {
-                return Err(StartupError::Malformed(
-                    "encryption request must be 8 bytes",
-                ));
+                return Err(StartupError::Malformed("encryption request must be 8 bytes"));
             }
-            Ok(if code == SSL_REQUEST_CODE {
-                StartupPacket::SslRequest
-            } else {
-                StartupPacket::GssEncRequest
-            })
+            Ok(if code == SSL_REQUEST_CODE { StartupPacket::SslRequest } else { StartupPacket::GssEncRequest })
         }
         CANCEL_REQUEST_CODE => {
             if cur.remaining() != 8 {
@@ -180,11 +167,7 @@ fn decode_params(code: u32, mut cur: Cursor<'_>) -> Result<Startup, StartupError
     if !cur.is_empty() {
         return Err(StartupError::Malformed("expected terminator as last byte"));
     }
-    let startup = Startup {
-        minor,
-        params,
-        protocol_options,
-    };
+    let startup = Startup { minor, params, protocol_options };
     match startup.user() {
         Some(u) if !u.is_empty() => Ok(startup),
         _ => Err(StartupError::MissingUser),
@@ -206,14 +189,9 @@ mod tests {
 
     #[test]
     fn protocol_3_0() {
-        let p = packet(
-            PROTOCOL_3_0,
-            b"user\0alice\0database\0app\0application_name\0psql\0\0",
-        );
+        let p = packet(PROTOCOL_3_0, b"user\0alice\0database\0app\0application_name\0psql\0\0");
         assert_eq!(&p[..8], b"\0\0\0\x37\0\x03\0\0");
-        let StartupPacket::Startup(s) = decode_startup(&p).unwrap() else {
-            panic!("not a startup")
-        };
+        let StartupPacket::Startup(s) = decode_startup(&p).unwrap() else { panic!("not a startup") };
         assert_eq!(s.minor, 0);
         assert_eq!(s.user(), Some("alice"));
         assert_eq!(s.database(), Some("app"));
@@ -225,13 +203,8 @@ mod tests {
 
     #[test]
     fn protocol_3_2_with_option() {
-        let p = packet(
-            PROTOCOL_3_0 + 2,
-            b"user\0bob\0_pq_.compression\0on\0options\0-c x=1\0user\0carol\0\0",
-        );
-        let StartupPacket::Startup(s) = decode_startup(&p).unwrap() else {
-            panic!("not a startup")
-        };
+        let p = packet(PROTOCOL_3_0 + 2, b"user\0bob\0_pq_.compression\0on\0options\0-c x=1\0user\0carol\0\0");
+        let StartupPacket::Startup(s) = decode_startup(&p).unwrap() else { panic!("not a startup") };
         assert_eq!(s.minor, 2);
         assert_eq!(s.protocol_options, vec!["_pq_.compression".to_string()]);
         assert_eq!(s.get("_pq_.compression"), None);
@@ -245,73 +218,38 @@ mod tests {
         let p = packet(0x0002_0000, b"user\0bob\0\0");
         let err = decode_startup(&p).unwrap_err();
         assert_eq!(err, StartupError::UnsupportedVersion { major: 2, minor: 0 });
-        assert_eq!(
-            err.to_string(),
-            "unsupported frontend protocol 2.0: server supports 3.0 to 3.0"
-        );
+        assert_eq!(err.to_string(), "unsupported frontend protocol 2.0: server supports 3.0 to 3.0");
     }
 
     #[test]
     fn special_requests() {
-        assert_eq!(
-            decode_startup(b"\0\0\0\x08\x04\xd2\x16\x2f"),
-            Ok(StartupPacket::SslRequest)
-        );
-        assert_eq!(
-            decode_startup(b"\0\0\0\x08\x04\xd2\x16\x30"),
-            Ok(StartupPacket::GssEncRequest)
-        );
+        assert_eq!(decode_startup(b"\0\0\0\x08\x04\xd2\x16\x2f"), Ok(StartupPacket::SslRequest));
+        assert_eq!(decode_startup(b"\0\0\0\x08\x04\xd2\x16\x30"), Ok(StartupPacket::GssEncRequest));
         assert_eq!(
             decode_startup(b"\0\0\0\x10\x04\xd2\x16\x2e\0\0\x30\x39\xde\xad\xbe\xef"),
-            Ok(StartupPacket::Cancel {
-                pid: 12345,
-                key: 0xdeadbeef
-            })
+            Ok(StartupPacket::Cancel { pid: 12345, key: 0xdeadbeef })
         );
         // Wrong sizes are malformed, not misread.
-        assert!(matches!(
-            decode_startup(&packet(SSL_REQUEST_CODE, b"x")),
-            Err(StartupError::Malformed(_))
-        ));
-        assert!(matches!(
-            decode_startup(&packet(CANCEL_REQUEST_CODE, b"1234567")),
-            Err(StartupError::Malformed(_))
-        ));
-        assert!(matches!(
-            decode_startup(&packet(CANCEL_REQUEST_CODE, b"123456789")),
-            Err(StartupError::Malformed(_))
-        ));
+        assert!(matches!(decode_startup(&packet(SSL_REQUEST_CODE, b"x")), Err(StartupError::Malformed(_))));
+        assert!(matches!(decode_startup(&packet(CANCEL_REQUEST_CODE, b"1234567")), Err(StartupError::Malformed(_))));
+        assert!(matches!(decode_startup(&packet(CANCEL_REQUEST_CODE, b"123456789")), Err(StartupError::Malformed(_))));
     }
 
     #[test]
     fn packet_lengths() {
         assert_eq!(startup_packet_len(b"\0\0\0"), Ok(None));
-        assert_eq!(
-            startup_packet_len(b"\0\0\0\x07"),
-            Err(StartupError::TooShort(7))
-        );
-        assert_eq!(
-            startup_packet_len(b"\0\0\x27\x11"),
-            Err(StartupError::TooLong(10001))
-        );
+        assert_eq!(startup_packet_len(b"\0\0\0\x07"), Err(StartupError::TooShort(7)));
+        assert_eq!(startup_packet_len(b"\0\0\x27\x11"), Err(StartupError::TooLong(10001)));
         assert_eq!(startup_packet_len(b"\0\0\x27\x10"), Ok(Some(10000)));
         assert_eq!(
-            startup_packet_len(b"\xff\xff\xff\xff")
-                .unwrap_err()
-                .to_string(),
+            startup_packet_len(b"\xff\xff\xff\xff").unwrap_err().to_string(),
             "invalid startup packet length 4294967295"
         );
-        assert_eq!(
-            decode_startup(b"\0\0\0\x07\0\x03\0"),
-            Err(StartupError::TooShort(7))
-        );
+        assert_eq!(decode_startup(b"\0\0\0\x07\0\x03\0"), Err(StartupError::TooShort(7)));
         // A length word that lies about the packet size.
         let mut p = packet(PROTOCOL_3_0, b"user\0a\0\0");
         p.push(0);
-        assert!(matches!(
-            decode_startup(&p),
-            Err(StartupError::Malformed(_))
-        ));
+        assert!(matches!(decode_startup(&p), Err(StartupError::Malformed(_))));
     }
 
     #[test]
@@ -319,10 +257,7 @@ mod tests {
         for body in [&b"database\0x\0\0"[..], b"user\0\0\0", b"\0"] {
             let err = decode_startup(&packet(PROTOCOL_3_0, body)).unwrap_err();
             assert_eq!(err, StartupError::MissingUser);
-            assert_eq!(
-                err.to_string(),
-                "no PostgreSQL user name specified in startup packet"
-            );
+            assert_eq!(err.to_string(), "no PostgreSQL user name specified in startup packet");
         }
     }
 
@@ -330,14 +265,9 @@ mod tests {
     fn bad_layouts() {
         assert_eq!(
             decode_startup(&packet(PROTOCOL_3_0, b"user\0\xff\0\0")),
-            Err(StartupError::Decode(DecodeError::InvalidUtf8(
-                "startup parameter value"
-            )))
+            Err(StartupError::Decode(DecodeError::InvalidUtf8("startup parameter value")))
         );
-        assert!(matches!(
-            decode_startup(&packet(PROTOCOL_3_0, b"user\0a\0\0junk")),
-            Err(StartupError::Malformed(_))
-        ));
+        assert!(matches!(decode_startup(&packet(PROTOCOL_3_0, b"user\0a\0\0junk")), Err(StartupError::Malformed(_))));
         assert!(matches!(
             decode_startup(&packet(PROTOCOL_3_0, b"user\0a\0")),
             Err(StartupError::Decode(DecodeError::MissingNul(_)))

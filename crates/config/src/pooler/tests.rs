@@ -97,16 +97,10 @@ fn full_example_parses() {
 
 #[test]
 fn example_file_parses() {
-    let path = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../pooler.toml.example"
-    ));
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../pooler.toml.example"));
     let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.pooler.pool_mode, PoolMode::Transaction);
-    assert_eq!(
-        c.pooler.auth_file,
-        Some(path.parent().unwrap().join("userlist.txt"))
-    );
+    assert_eq!(c.pooler.auth_file, Some(path.parent().unwrap().join("userlist.txt")));
     assert!(c.database("appdb").is_some());
     assert_eq!(c.database("other").unwrap().name, "*");
 }
@@ -186,14 +180,8 @@ fn relative_paths_resolve_against_config_dir() {
     let text = "[pooler]\nauth_file = \"users.txt\"\nlogfile = \"log/pgmux.log\"\n\
                 pidfile = \"/run/pgmux.pid\"\n[databases.x]\n";
     let c = Config::parse(text, Path::new("/srv/conf/pooler.toml")).unwrap();
-    assert_eq!(
-        c.pooler.auth_file,
-        Some(PathBuf::from("/srv/conf/users.txt"))
-    );
-    assert_eq!(
-        c.pooler.logfile,
-        Some(PathBuf::from("/srv/conf/log/pgmux.log"))
-    );
+    assert_eq!(c.pooler.auth_file, Some(PathBuf::from("/srv/conf/users.txt")));
+    assert_eq!(c.pooler.logfile, Some(PathBuf::from("/srv/conf/log/pgmux.log")));
     assert_eq!(c.pooler.pidfile, Some(PathBuf::from("/run/pgmux.pid")));
 
     let c = Config::parse(text, Path::new("pooler.toml")).unwrap();
@@ -204,18 +192,10 @@ fn relative_paths_resolve_against_config_dir() {
 
 #[test]
 fn listen_addr_forms() {
-    let addrs = |v: &str| {
-        parse(&format!("[pooler]\nlisten_addr = {v}\n[databases.x]\n"))
-            .unwrap()
-            .pooler
-            .listen_addr
-    };
+    let addrs = |v: &str| parse(&format!("[pooler]\nlisten_addr = {v}\n[databases.x]\n")).unwrap().pooler.listen_addr;
     assert_eq!(addrs("\"*\""), ["0.0.0.0", "::"]);
     assert!(addrs("\"\"").is_empty());
-    assert_eq!(
-        addrs("\"127.0.0.1, ::1,localhost\""),
-        ["127.0.0.1", "::1", "localhost"]
-    );
+    assert_eq!(addrs("\"127.0.0.1, ::1,localhost\""), ["127.0.0.1", "::1", "localhost"]);
     assert_eq!(addrs("[\"127.0.0.1\", \"::1\"]"), ["127.0.0.1", "::1"]);
     assert_eq!(addrs("\"*,0.0.0.0\""), ["0.0.0.0", "::"]);
 }
@@ -244,11 +224,9 @@ fn enum_display_is_file_spelling() {
         let c = parse(&format!("[pooler]\nauth_type = \"{s}\"\n[databases.x]\n")).unwrap();
         assert_eq!(c.pooler.auth_type, t);
     }
-    for (s, m) in [
-        ("session", PoolMode::Session),
-        ("transaction", PoolMode::Transaction),
-        ("statement", PoolMode::Statement),
-    ] {
+    for (s, m) in
+        [("session", PoolMode::Session), ("transaction", PoolMode::Transaction), ("statement", PoolMode::Statement)]
+    {
         assert_eq!(m.to_string(), s);
     }
 }
@@ -256,11 +234,7 @@ fn enum_display_is_file_spelling() {
 #[test]
 fn unknown_pooler_key() {
     let e = pooler_err("auth_typ = \"md5\"");
-    assert_err(
-        &e,
-        "pooler.auth_typ",
-        "unknown key (expected one of: listen_addr, listen_port,",
-    );
+    assert_err(&e, "pooler.auth_typ", "unknown key (expected one of: listen_addr, listen_port,");
     assert!(e.to_string().starts_with(
         "/etc/pgmux/pooler.toml: pooler.auth_typ: unknown key (expected one of: listen_addr, listen_port, "
     ));
@@ -268,17 +242,9 @@ fn unknown_pooler_key() {
 
 #[test]
 fn unknown_database_key_and_table() {
-    assert_err(
-        &db_err("hots = \"h\""),
-        "databases.x.hots",
-        "unknown key (expected one of: host, port,",
-    );
+    assert_err(&db_err("hots = \"h\""), "databases.x.hots", "unknown key (expected one of: host, port,");
     let e = parse("[databases.x]\n[pgbouncer]\nlisten_port = 1\n").unwrap_err();
-    assert_err(
-        &e,
-        "pgbouncer",
-        "unknown table (expected pooler or databases)",
-    );
+    assert_err(&e, "pgbouncer", "unknown table (expected pooler or databases)");
     let e = parse("listen_port = 1\n[databases.x]\n").unwrap_err();
     assert_err(&e, "listen_port", "unknown table");
     let e = parse("[databases.\"*\"]\nfoo = 1\n").unwrap_err();
@@ -308,82 +274,26 @@ fn bad_enum_values() {
 #[test]
 fn out_of_range_numbers() {
     let cases = [
-        (
-            "listen_port = 70000",
-            "pooler.listen_port",
-            "invalid value 70000 (expected an integer from 1 to 65535)",
-        ),
+        ("listen_port = 70000", "pooler.listen_port", "invalid value 70000 (expected an integer from 1 to 65535)"),
         ("listen_port = 0", "pooler.listen_port", "invalid value 0"),
-        (
-            "listeners = 0",
-            "pooler.listeners",
-            "invalid value 0 (expected an integer from 1 to 64)",
-        ),
+        ("listeners = 0", "pooler.listeners", "invalid value 0 (expected an integer from 1 to 64)"),
         ("listeners = 65", "pooler.listeners", "invalid value 65"),
-        (
-            "default_pool_size = 10001",
-            "pooler.default_pool_size",
-            "from 1 to 10000",
-        ),
-        (
-            "max_client_conn = -1",
-            "pooler.max_client_conn",
-            "invalid value -1",
-        ),
-        (
-            "max_client_conn = 4294967296",
-            "pooler.max_client_conn",
-            "invalid value 4294967296",
-        ),
-        (
-            "max_packet_size = 2147483648",
-            "pooler.max_packet_size",
-            "from 1024 to 2147483647",
-        ),
-        (
-            "client_login_timeout = 0",
-            "pooler.client_login_timeout",
-            "invalid value 0",
-        ),
-        (
-            "query_wait_timeout = -5",
-            "pooler.query_wait_timeout",
-            "invalid value -5",
-        ),
-        (
-            "server_login_retry = nan",
-            "pooler.server_login_retry",
-            "invalid value NaN",
-        ),
-        (
-            "server_connect_timeout = inf",
-            "pooler.server_connect_timeout",
-            "invalid value inf",
-        ),
-        (
-            "query_wait_timeout = 1e300",
-            "pooler.query_wait_timeout",
-            "expected a number of seconds",
-        ),
+        ("default_pool_size = 10001", "pooler.default_pool_size", "from 1 to 10000"),
+        ("max_client_conn = -1", "pooler.max_client_conn", "invalid value -1"),
+        ("max_client_conn = 4294967296", "pooler.max_client_conn", "invalid value 4294967296"),
+        ("max_packet_size = 2147483648", "pooler.max_packet_size", "from 1024 to 2147483647"),
+        ("client_login_timeout = 0", "pooler.client_login_timeout", "invalid value 0"),
+        ("query_wait_timeout = -5", "pooler.query_wait_timeout", "invalid value -5"),
+        ("server_login_retry = nan", "pooler.server_login_retry", "invalid value NaN"),
+        ("server_connect_timeout = inf", "pooler.server_connect_timeout", "invalid value inf"),
+        ("query_wait_timeout = 1e300", "pooler.query_wait_timeout", "expected a number of seconds"),
     ];
     for (line, key, msg) in cases {
         assert_err(&pooler_err(line), key, msg);
     }
-    assert_err(
-        &db_err("port = 65536"),
-        "databases.x.port",
-        "invalid value 65536",
-    );
-    assert_err(
-        &db_err("pool_size = 10001"),
-        "databases.x.pool_size",
-        "from 0 to 10000",
-    );
-    assert_err(
-        &db_err("pool_size = -1"),
-        "databases.x.pool_size",
-        "invalid value -1",
-    );
+    assert_err(&db_err("port = 65536"), "databases.x.port", "invalid value 65536");
+    assert_err(&db_err("pool_size = 10001"), "databases.x.pool_size", "from 0 to 10000");
+    assert_err(&db_err("pool_size = -1"), "databases.x.pool_size", "invalid value -1");
 }
 
 #[test]
@@ -393,31 +303,15 @@ fn wrong_types() {
         "pooler.listen_port",
         "wrong type: expected an integer, found string",
     );
-    assert_err(
-        &pooler_err("auth_type = 5"),
-        "pooler.auth_type",
-        "expected a string, found integer",
-    );
-    assert_err(
-        &pooler_err("listen_addr = 1"),
-        "pooler.listen_addr",
-        "expected a string or an array of strings",
-    );
-    assert_err(
-        &pooler_err("listen_addr = [1]"),
-        "pooler.listen_addr",
-        "expected an array of strings",
-    );
+    assert_err(&pooler_err("auth_type = 5"), "pooler.auth_type", "expected a string, found integer");
+    assert_err(&pooler_err("listen_addr = 1"), "pooler.listen_addr", "expected a string or an array of strings");
+    assert_err(&pooler_err("listen_addr = [1]"), "pooler.listen_addr", "expected an array of strings");
     assert_err(
         &pooler_err("client_login_timeout = \"60s\""),
         "pooler.client_login_timeout",
         "expected a number of seconds",
     );
-    assert_err(
-        &db_err("host = 1"),
-        "databases.x.host",
-        "expected a string, found integer",
-    );
+    assert_err(&db_err("host = 1"), "databases.x.host", "expected a string, found integer");
     let e = parse("pooler = 1\n[databases.x]\n").unwrap_err();
     assert_err(&e, "pooler", "expected a table, found integer");
     let e = parse("databases = \"x\"\n").unwrap_err();
@@ -429,26 +323,10 @@ fn wrong_types() {
 #[test]
 fn bad_hosts_and_addresses() {
     assert_err(&db_err("host = \"\""), "databases.x.host", "empty host");
-    assert_err(
-        &db_err("host = \"a,b\""),
-        "databases.x.host",
-        "host lists are not supported",
-    );
-    assert_err(
-        &db_err("host = \"a b\""),
-        "databases.x.host",
-        "contains whitespace",
-    );
-    assert_err(
-        &pooler_err("listen_addr = \"a,,b\""),
-        "pooler.listen_addr",
-        "empty address in list",
-    );
-    assert_err(
-        &pooler_err("listen_addr = \"a\\tb\""),
-        "pooler.listen_addr",
-        "contains whitespace",
-    );
+    assert_err(&db_err("host = \"a,b\""), "databases.x.host", "host lists are not supported");
+    assert_err(&db_err("host = \"a b\""), "databases.x.host", "contains whitespace");
+    assert_err(&pooler_err("listen_addr = \"a,,b\""), "pooler.listen_addr", "empty address in list");
+    assert_err(&pooler_err("listen_addr = \"a\\tb\""), "pooler.listen_addr", "contains whitespace");
 }
 
 #[test]
@@ -464,23 +342,12 @@ fn toml_syntax_errors_carry_line_numbers() {
     let e = parse("[pooler]\nlisten_port = 6432\nthis is not toml\n").unwrap_err();
     assert_eq!(e.key, None);
     assert!(e.message.starts_with("line 3, column "), "{e}");
-    assert!(
-        e.to_string()
-            .starts_with("/etc/pgmux/pooler.toml: line 3, column "),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("/etc/pgmux/pooler.toml: line 3, column "), "{e}");
 
     let e = parse("[pooler]\nlisten_port = 1\nlisten_port = 2\n[databases.x]\n").unwrap_err();
     assert!(e.message.starts_with("line 3"), "{e}");
 
-    for garbage in [
-        "\u{0}\u{1}\u{2}",
-        "[[[",
-        "=",
-        "a = \"",
-        "\u{feff}[x",
-        "\r\n\r\n]",
-    ] {
+    for garbage in ["\u{0}\u{1}\u{2}", "[[[", "=", "a = \"", "\u{feff}[x", "\r\n\r\n]"] {
         let e = parse(garbage).unwrap_err();
         assert!(e.message.contains("line "), "{garbage:?}: {e}");
     }

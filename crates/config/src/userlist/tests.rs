@@ -3,8 +3,7 @@
 use super::*;
 
 const MD5: &str = "md545f2603610af569b6155c45067268c6b";
-const SCRAM: &str =
-    "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$c3RvcmVka2V5c3RvcmVka2V5c3Q=:c2VydmVya2V5c2VydmVya2V5c2U=";
+const SCRAM: &str = "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$c3RvcmVka2V5c3RvcmVka2V5c3Q=:c2VydmVya2V5c2VydmVya2V5c2U=";
 
 fn parse(text: &str) -> Result<UserList, ConfigError> {
     UserList::parse(text, Path::new("/etc/pgmux/userlist.txt"))
@@ -16,9 +15,7 @@ fn err(text: &str) -> ConfigError {
 
 #[test]
 fn secret_kinds() {
-    let text = format!(
-        "\"alice\" \"secret\"\n\"admin\" \"{MD5}\"\n\"bob\" \"{SCRAM}\"\n\"carol\" \"md5short\"\n"
-    );
+    let text = format!("\"alice\" \"secret\"\n\"admin\" \"{MD5}\"\n\"bob\" \"{SCRAM}\"\n\"carol\" \"md5short\"\n");
     let u = parse(&text).unwrap();
     assert_eq!(u.len(), 4);
     assert!(!u.is_empty());
@@ -39,10 +36,7 @@ fn md5_hex_is_lowercased() {
 #[test]
 fn escaped_quotes_and_spaces() {
     let u = parse("\"we\"\"ird user\" \"pa ss\"\"word\"\"\"\n").unwrap();
-    assert_eq!(
-        u.get("we\"ird user"),
-        Some(&Secret::Plain("pa ss\"word\"".into()))
-    );
+    assert_eq!(u.get("we\"ird user"), Some(&Secret::Plain("pa ss\"word\"".into())));
     let u = parse("\"e\" \"\"").unwrap();
     assert_eq!(u.get("e"), Some(&Secret::Plain(String::new())));
 }
@@ -68,45 +62,17 @@ fn later_duplicate_wins() {
 #[test]
 fn malformed_lines_name_file_and_line() {
     let cases = [
-        (
-            "\"a\" \"x\"\nalice secret\n",
-            2,
-            "user name: expected a double-quoted field",
-        ),
-        (
-            "\"a\" \"x\"\n\n\"bob\n",
-            3,
-            "user name: missing closing double quote",
-        ),
+        ("\"a\" \"x\"\nalice secret\n", 2, "user name: expected a double-quoted field"),
+        ("\"a\" \"x\"\n\n\"bob\n", 3, "user name: missing closing double quote"),
         ("\"bob\"\n", 1, "missing secret for user \"bob\""),
         ("\"bob\"   \r\n", 1, "missing secret for user \"bob\""),
-        (
-            "\"bob\" secret\n",
-            1,
-            "secret of user \"bob\": expected a double-quoted field",
-        ),
-        (
-            "\"bob\" \"secret\n",
-            1,
-            "secret of user \"bob\": missing closing double quote",
-        ),
+        ("\"bob\" secret\n", 1, "secret of user \"bob\": expected a double-quoted field"),
+        ("\"bob\" \"secret\n", 1, "secret of user \"bob\": missing closing double quote"),
         ("\"\" \"secret\"\n", 1, "empty user name"),
         ("\"b\" \"SCRAM-SHA-256$x\"", 1, "malformed SCRAM secret"),
-        (
-            "\"b\" \"SCRAM-SHA-256$0:c2E=$a:b\"",
-            1,
-            "iterations must be a positive integer",
-        ),
-        (
-            "\"b\" \"SCRAM-SHA-256$4096:c2E=$a\"",
-            1,
-            "expected <storedkey>:<serverkey>",
-        ),
-        (
-            "\"b\" \"SCRAM-SHA-256$4096:c2E=$a:\"",
-            1,
-            "non-empty base64",
-        ),
+        ("\"b\" \"SCRAM-SHA-256$0:c2E=$a:b\"", 1, "iterations must be a positive integer"),
+        ("\"b\" \"SCRAM-SHA-256$4096:c2E=$a\"", 1, "expected <storedkey>:<serverkey>"),
+        ("\"b\" \"SCRAM-SHA-256$4096:c2E=$a:\"", 1, "non-empty base64"),
     ];
     for (text, line, message) in cases {
         let e = err(text);
@@ -114,26 +80,14 @@ fn malformed_lines_name_file_and_line() {
         assert_eq!(e.key, None);
         let prefix = format!("line {line}: ");
         assert!(e.message.starts_with(&prefix), "{text:?}: {e}");
-        assert!(
-            e.message.contains(message),
-            "{text:?}: {e} lacks {message:?}"
-        );
-        assert!(e
-            .to_string()
-            .starts_with(&format!("/etc/pgmux/userlist.txt: line {line}: ")));
+        assert!(e.message.contains(message), "{text:?}: {e} lacks {message:?}");
+        assert!(e.to_string().starts_with(&format!("/etc/pgmux/userlist.txt: line {line}: ")));
     }
 }
 
 #[test]
 fn garbage_does_not_panic() {
-    for text in [
-        "\"",
-        "\"\"\"",
-        "\u{0}",
-        "\"é\" \"ü\" \"",
-        "\"a\"\"",
-        "\"x\" \"SCRAM-SHA-256$\"",
-    ] {
+    for text in ["\"", "\"\"\"", "\u{0}", "\"é\" \"ü\" \"", "\"a\"\"", "\"x\" \"SCRAM-SHA-256$\""] {
         let _ = parse(text);
     }
 }

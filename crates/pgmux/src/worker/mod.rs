@@ -62,7 +62,10 @@ pub struct WorkerContext {
 #[derive(Debug)]
 enum Job {
     /// Bring the upstream to this session's settings before its turn.
-    Settings { session_id: u64, wanted: Vec<(String, String)> },
+    Settings {
+        session_id: u64,
+        wanted: Vec<(String, String)>,
+    },
     /// Close an extended-protocol batch a departed client left open.
     Sync,
     Rollback,
@@ -112,9 +115,8 @@ pub fn run(ctx: WorkerContext) -> i32 {
 impl Worker {
     fn new(ctx: WorkerContext) -> Result<Worker, String> {
         let config = ctx.config.clone();
-        let db = config
-            .database(&ctx.database)
-            .ok_or_else(|| format!("no database section for \"{}\"", ctx.database))?;
+        let db =
+            config.database(&ctx.database).ok_or_else(|| format!("no database section for \"{}\"", ctx.database))?;
         let login_user = db.user.clone().unwrap_or_else(|| ctx.user.clone());
         let credential = match (&db.password, ctx.userlist.get(&login_user)) {
             (Some(p), _) => Credential::Plain(p.clone()),
@@ -125,7 +127,11 @@ impl Worker {
         let dbname = config.upstream_dbname(db, &ctx.database).to_string();
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         poll.registry()
-            .register(&mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&ctx.channel)), CHANNEL, Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&ctx.channel)),
+                CHANNEL,
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .map_err(|e| format!("register channel: {e}"))?;
         Ok(Worker {
             pool_mode: db.pool_mode,
@@ -255,7 +261,7 @@ impl Worker {
 
     // ----- sessions arriving and leaving -----
 
-    fn assign(&mut self, record: SessionRecord, fd: std::os::fd::OwnedFd) {
+    fn assign(&mut self, mut record: SessionRecord, fd: std::os::fd::OwnedFd) {
         let conn = match Conn::new(fd) {
             Ok(c) => c,
             Err(e) => {
@@ -273,8 +279,12 @@ impl Worker {
             return;
         }
         let settings = settings::from_startup(&record.startup_params);
+        let pending = std::mem::take(&mut record.pending_input);
         let mut s = Session::new(record, conn, settings);
         self.greet(&mut s);
+        // Bytes the client pipelined behind its login: they wait for a turn like bytes still in the kernel.
+        let has_pending = !pending.is_empty();
+        s.inbuf = pending;
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -297,6 +307,10 @@ impl Worker {
         self.by_id.insert(s.id, idx);
         if let Err(e) = s.flush() {
             debug!("{}: greeting failed: {e}", s.label);
+        }
+        if has_pending {
+            s.queued = true;
+            self.queue.push_back(idx);
         }
         if let Some(slot) = self.sessions.get_mut(idx) {
             *slot = Some(s);
@@ -419,11 +433,9 @@ impl Worker {
         match upstream::connect(&self.addr, &params, &self.login_user, &self.credential, timeout) {
             Ok(up) => {
                 let fd = up.conn.raw_fd();
-                if let Err(e) = self.poll.registry().register(
-                    &mut SourceFd(&fd),
-                    UPSTREAM,
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
+                if let Err(e) =
+                    self.poll.registry().register(&mut SourceFd(&fd), UPSTREAM, Interest::READABLE | Interest::WRITABLE)
+                {
                     return Err(format!("pgmux: cannot watch server connection: {e}"));
                 }
                 info!("new server connection to {} (backend pid {})", self.addr, up.backend_pid);
@@ -531,8 +543,11 @@ impl Worker {
                 break;
             }
             match up.conn.read_into(&mut up.inbuf, READ_CHUNK) {
-                Ok(ReadOutcome::Data(_)) => {
+                Ok(ReadOutcome::Data { drained, .. }) => {
                     progress = true;
+                    if drained {
+                        up.readable = false;
+                    }
                     if let Err(reason) = self.process_upstream_input() {
                         self.drop_upstream(&reason);
                         break;
@@ -745,6 +760,10 @@ impl Worker {
             return false;
         }
         let mut progress = false;
+        // Bytes the listener read after the startup packet, or a partial message from this session's last turn.
+        if self.session(idx).is_some_and(|s| !s.inbuf.is_empty()) && !self.forward_client_input(idx) {
+            return true;
+        }
         loop {
             if self.upstream_backlog() > HIGH_WATER || self.upstream.is_none() {
                 break;
@@ -754,8 +773,11 @@ impl Worker {
                 break;
             }
             match s.conn.read_into(&mut s.inbuf, READ_CHUNK) {
-                Ok(ReadOutcome::Data(_)) => {
+                Ok(ReadOutcome::Data { drained, .. }) => {
                     progress = true;
+                    if drained {
+                        s.readable = false;
+                    }
                     if !self.forward_client_input(idx) {
                         return true;
                     }

@@ -240,10 +240,7 @@ mod tests {
                 r.push(*owner, t, *d);
             }
         }
-        received
-            .bytes()
-            .map(|t| r.on_backend(t).map(|route| (route.owner, route.ready)).map_err(|e| e.tag))
-            .collect()
+        received.bytes().map(|t| r.on_backend(t).map(|route| (route.owner, route.ready)).map_err(|e| e.tag)).collect()
     }
 
     #[test]
@@ -257,7 +254,12 @@ mod tests {
         let s = |o| Ok((Some(o), false));
         let z = |o| Ok((Some(o), true));
         let cases = vec![
-            Case { name: "simple query", sent: vec![(A, "Q", FWD)], received: "TDDCZ", expect: vec![s(A), s(A), s(A), s(A), z(A)] },
+            Case {
+                name: "simple query",
+                sent: vec![(A, "Q", FWD)],
+                received: "TDDCZ",
+                expect: vec![s(A), s(A), s(A), s(A), z(A)],
+            },
             Case { name: "query error", sent: vec![(A, "Q", FWD)], received: "EZ", expect: vec![s(A), z(A)] },
             Case {
                 name: "extended pipeline",

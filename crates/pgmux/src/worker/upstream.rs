@@ -211,7 +211,9 @@ pub fn connect(
                     connected_at: Instant::now(),
                 });
             }
-            other => return Err(UpstreamError::Protocol(format!("unexpected message '{}' during login", other as char))),
+            other => {
+                return Err(UpstreamError::Protocol(format!("unexpected message '{}' during login", other as char)))
+            }
         }
     }
 }
@@ -266,7 +268,7 @@ fn read_message(conn: &Conn, buf: &mut Vec<u8>, deadline: Instant) -> Result<(u8
             }
         }
         match conn.read_into(buf, 16 * 1024).map_err(|e| UpstreamError::Io { op: "read", source: e })? {
-            ReadOutcome::Data(_) => {}
+            ReadOutcome::Data { .. } => {}
             ReadOutcome::Eof => return Err(UpstreamError::Closed),
             ReadOutcome::WouldBlock => {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -292,7 +294,7 @@ pub fn send_cancel(addr: &Address, pid: u32, key: u32, timeout: Duration) -> Res
     loop {
         sink.clear();
         match conn.read_into(&mut sink, 64) {
-            Ok(ReadOutcome::Data(_)) => {}
+            Ok(ReadOutcome::Data { .. }) => {}
             Ok(ReadOutcome::Eof) | Err(_) => return Ok(()),
             Ok(ReadOutcome::WouldBlock) => {
                 let left = deadline.saturating_duration_since(Instant::now());
