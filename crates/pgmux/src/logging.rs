@@ -25,11 +25,6 @@ pub fn set_role(role: impl Into<String>) {
     }
 }
 
-/// The current role, for messages that want to name it.
-pub fn role() -> String {
-    ROLE.read().map(|r| r.clone()).unwrap_or_default()
-}
-
 /// Install the logger once, in the supervisor before any fork. `verbosity`: 0 = info, 1 = debug, 2+ = trace;
 /// `quiet` lowers stderr output to warnings. `RUST_LOG` still overrides.
 pub fn init(verbosity: u8, quiet: bool, logfile: Option<&Path>) -> std::io::Result<()> {

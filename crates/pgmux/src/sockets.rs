@@ -33,9 +33,6 @@ impl ListenSocket {
         }
     }
 
-    pub fn is_unix(&self) -> bool {
-        matches!(self, ListenSocket::Unix { .. })
-    }
 }
 
 #[derive(Debug)]

@@ -48,6 +48,8 @@ const MAX_BUFFERED_BACKEND: u32 = 16 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(100);
 
 pub struct WorkerContext {
+    /// Unique among the supervisor's workers; names the process in logs.
+    #[allow(dead_code)]
     pub index: u32,
     /// The pool: the database name clients asked for, and the user.
     pub database: String,

@@ -120,10 +120,6 @@ impl Replies {
         self.queue.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Record a frontend message sent upstream. Messages PostgreSQL does not answer are ignored.
     pub fn push(&mut self, owner: Owner, tag: u8, disposition: Disposition) {
         let Some(kind) = Kind::of_frontend(tag) else { return };

@@ -106,7 +106,6 @@ pub struct Upstream {
     pub passthrough: usize,
     /// Set while PostgreSQL is in COPY FROM STDIN for the current owner.
     pub copy_in: bool,
-    pub connected_at: Instant,
 }
 
 /// Connect and log in. Blocks for at most `timeout`.
@@ -208,7 +207,6 @@ pub fn connect(
                     writable: true,
                     passthrough: 0,
                     copy_in: false,
-                    connected_at: Instant::now(),
                 });
             }
             other => {
