@@ -706,7 +706,11 @@ impl Worker {
             return;
         }
         let idx = match owner {
-            Some(Owner::Session(id)) => self.by_id.get(&id).copied(),
+            // Nearly every reply is for the session that holds the upstream: skip the map lookup for it.
+            Some(Owner::Session(id)) => match self.owner {
+                Some(o) if self.sessions.get(o).and_then(|s| s.as_ref()).is_some_and(|s| s.id == id) => Some(o),
+                _ => self.by_id.get(&id).copied(),
+            },
             // An asynchronous message while nothing is owed (a notice after a transaction, a notification): it
             // belongs to nobody in transaction mode; in session mode to the session that holds the upstream.
             None if self.pool_mode == PoolMode::Session => self.owner,
