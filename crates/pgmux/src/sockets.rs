@@ -32,7 +32,6 @@ impl ListenSocket {
             ListenSocket::Unix { path, .. } => path.display().to_string(),
         }
     }
-
 }
 
 #[derive(Debug)]

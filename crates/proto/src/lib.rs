@@ -12,6 +12,7 @@ pub mod cursor;
 mod encode;
 pub mod frame;
 pub mod frontend;
+pub mod sql;
 pub mod startup;
 
 #[cfg(test)]

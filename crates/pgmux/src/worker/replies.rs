@@ -9,6 +9,10 @@
 //! PostgreSQL skips every message up to the next Sync, so those entries are dropped too, and any extended message
 //! sent before that Sync arrives is skipped the same way.
 //!
+//! COPY FROM STDIN: PostgreSQL ignores Sync (and Flush) while in copy-in mode. A client using the extended protocol
+//! typically sends Bind/Execute/Sync before its CopyData, so when the CopyInResponse arrives, the Sync entries queued
+//! behind the COPY up to the client's CopyDone/CopyFail are removed.
+//!
 //! The worker may hand the upstream to another session only when this queue is empty, so a reply can never reach
 //! the wrong client. A backend message that fits no entry is a desynchronisation: the worker must drop the upstream.
 
@@ -44,6 +48,10 @@ pub enum Kind {
     Execute,
     Close,
     Sync,
+    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail) before PostgreSQL's CopyInResponse was seen. It
+    /// expects no reply; it marks where copy-in mode ends, because PostgreSQL ignores every Sync it receives while in
+    /// copy-in mode and those Syncs must then expect nothing.
+    CopyEnd,
 }
 
 impl Kind {
@@ -109,6 +117,8 @@ pub struct Replies {
     /// An extended-protocol error was answered and no Sync has been sent since: PostgreSQL ignores every message
     /// up to the next Sync, so such messages get no entry.
     skipping: bool,
+    /// PostgreSQL is in copy-in mode and the client has not yet ended it: Syncs it sends now are ignored.
+    copy_in: bool,
 }
 
 impl Replies {
@@ -117,12 +127,24 @@ impl Replies {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.iter().all(|e| e.kind == Kind::CopyEnd)
     }
 
     /// Record a frontend message sent upstream. Messages PostgreSQL does not answer are ignored.
     pub fn push(&mut self, owner: Owner, tag: u8, disposition: Disposition) {
+        if tag == b'c' || tag == b'f' {
+            if self.copy_in {
+                self.copy_in = false;
+            } else if !self.queue.is_empty() {
+                self.queue.push_back(Entry { owner, kind: Kind::CopyEnd, disposition });
+            }
+            return;
+        }
         let Some(kind) = Kind::of_frontend(tag) else { return };
+        if self.copy_in && kind == Kind::Sync {
+            // Ignored by PostgreSQL in copy-in mode.
+            return;
+        }
         if self.skipping {
             if kind != Kind::Sync {
                 // PostgreSQL ignores every message, a simple Query included, until the Sync arrives.
@@ -139,7 +161,7 @@ impl Replies {
         if self.skipping {
             return true;
         }
-        match self.queue.back() {
+        match self.queue.iter().rev().find(|e| e.kind != Kind::CopyEnd) {
             Some(e) => !e.kind.ends_with_ready(),
             None => false,
         }
@@ -160,8 +182,39 @@ impl Replies {
         self.queue.iter().any(|e| e.owner == Owner::Session(session_id))
     }
 
+    /// CopyInResponse: drop the Syncs sent between the COPY and the client's CopyEnd (or all of them, if the client
+    /// has not ended the COPY yet, in which case later Syncs are ignored until it does).
+    fn enter_copy_in(&mut self) {
+        let mut i = 1;
+        let mut ended = false;
+        while let Some(e) = self.queue.get(i) {
+            match e.kind {
+                Kind::Sync => {
+                    self.queue.remove(i);
+                }
+                Kind::CopyEnd => {
+                    self.queue.remove(i);
+                    ended = true;
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = !ended;
+    }
+
     /// Route one backend message by its type byte.
     pub fn on_backend(&mut self, tag: u8) -> Result<Route, Desync> {
+        // A CopyEnd that reaches the front ended a COPY that never started (or already finished): nothing answers it.
+        while self.queue.front().is_some_and(|e| e.kind == Kind::CopyEnd) {
+            self.queue.pop_front();
+        }
+        match tag {
+            b'G' => self.enter_copy_in(),
+            // An error ends copy-in mode: PostgreSQL honours the next Sync again.
+            b'E' => self.copy_in = false,
+            _ => {}
+        }
         let front = self.queue.front().copied();
         let route_to = |e: Entry, ready: bool| Route { owner: Some(e.owner), disposition: e.disposition, ready };
         match tag {
@@ -175,6 +228,7 @@ impl Replies {
                 let bad = || Desync { tag, expected: Some(e.kind) };
                 match (e.kind, tag) {
                     (Kind::Query | Kind::FunctionCall | Kind::Sync, b'Z') => {
+                        self.copy_in = false;
                         self.queue.pop_front();
                         Ok(route_to(e, true))
                     }
@@ -335,6 +389,78 @@ mod tests {
         for c in cases {
             assert_eq!(run(&c.sent, c.received), c.expect, "case {}", c.name);
         }
+    }
+
+    #[test]
+    fn copy_in_ignores_syncs_sent_during_copy() {
+        // Bind/Execute/Sync sent before the data (as the postgres crate does), then data, CopyDone, Sync.
+        let mut r = Replies::new();
+        for t in b"BES" {
+            r.push(A, *t, FWD);
+        }
+        assert_eq!(r.on_backend(b'2').map(|x| x.ready), Ok(false));
+        assert_eq!(r.on_backend(b'G').map(|x| x.ready), Ok(false));
+        for t in b"ddSc" {
+            r.push(A, *t, FWD); // the S inside copy mode is ignored by PostgreSQL
+        }
+        r.push(A, b'S', FWD);
+        assert_eq!(r.on_backend(b'C').map(|x| x.ready), Ok(false));
+        assert_eq!(r.on_backend(b'Z').map(|x| x.ready), Ok(true));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn copy_in_fully_pipelined_before_response() {
+        let mut r = Replies::new();
+        for t in b"BESddcS" {
+            r.push(A, *t, FWD);
+        }
+        for (tag, ready) in [(b'2', false), (b'G', false), (b'C', false), (b'Z', true)] {
+            assert_eq!(r.on_backend(tag).map(|x| x.ready), Ok(ready));
+        }
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn copy_in_error_honours_next_sync() {
+        let mut r = Replies::new();
+        for t in b"BESd" {
+            r.push(A, *t, FWD);
+        }
+        for tag in [b'2', b'G', b'E'] {
+            assert!(r.on_backend(tag).is_ok());
+        }
+        // The client, unaware, ends the copy and syncs; PostgreSQL answers that Sync.
+        for t in b"cS" {
+            r.push(A, *t, FWD);
+        }
+        assert_eq!(r.on_backend(b'Z').map(|x| x.ready), Ok(true));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn copy_end_of_a_copy_that_never_started() {
+        let mut r = Replies::new();
+        for t in b"BESdcS" {
+            r.push(A, *t, FWD);
+        }
+        for (tag, ready) in [(b'E', false), (b'Z', true), (b'Z', true)] {
+            assert_eq!(r.on_backend(tag).map(|x| x.ready), Ok(ready));
+        }
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn simple_query_copy() {
+        let mut r = Replies::new();
+        r.push(A, b'Q', FWD);
+        assert!(r.on_backend(b'G').is_ok());
+        for t in b"ddc" {
+            r.push(A, *t, FWD);
+        }
+        assert_eq!(r.on_backend(b'C').map(|x| x.ready), Ok(false));
+        assert_eq!(r.on_backend(b'Z').map(|x| x.ready), Ok(true));
+        assert!(r.is_empty());
     }
 
     #[test]
