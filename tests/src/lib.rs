@@ -13,6 +13,4 @@ pub mod util;
 
 pub use crate::pgmux::{Pgmux, PgmuxConfig, DEFAULT_USERS};
 pub use crate::postgres::Postgres;
-pub use crate::util::{
-    error_message, free_port, raw_connect, read_backend_message, startup_packet, wait_until,
-};
+pub use crate::util::{error_message, free_port, raw_connect, read_backend_message, startup_packet, wait_until};

@@ -21,13 +21,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The userlist every config starts with; the same passwords as the roles
 /// [`Postgres::shared`] creates.
-pub const DEFAULT_USERS: &[(&str, &str)] = &[
-    ("alice", "alicepw"),
-    ("bob", "bobpw"),
-    ("md5user", "md5pw"),
-    ("scramuser", "scrampw"),
-    ("postgres", ""),
-];
+pub const DEFAULT_USERS: &[(&str, &str)] =
+    &[("alice", "alicepw"), ("bob", "bobpw"), ("md5user", "md5pw"), ("scramuser", "scrampw"), ("postgres", "")];
 
 /// Builder for pooler.toml + userlist.txt. Values are TOML value text, e.g.
 /// `.set("pool_mode", "\"session\"")` or `.set("default_pool_size", "2")`.
@@ -54,10 +49,7 @@ impl PgmuxConfig {
         let cfg = PgmuxConfig {
             pooler: Vec::new(),
             databases: Vec::new(),
-            users: DEFAULT_USERS
-                .iter()
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-                .collect(),
+            users: DEFAULT_USERS.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
             extra: String::new(),
         };
         cfg.set("listeners", "2")
@@ -87,10 +79,8 @@ impl PgmuxConfig {
     /// them.
     pub fn database(mut self, name: &str, keys: &[(&str, &str)]) -> Self {
         let pg = Postgres::shared();
-        let mut section = vec![
-            ("host".to_string(), format!("\"{}\"", pg.host())),
-            ("port".to_string(), pg.port().to_string()),
-        ];
+        let mut section =
+            vec![("host".to_string(), format!("\"{}\"", pg.host())), ("port".to_string(), pg.port().to_string())];
         for (k, v) in keys {
             set_key(&mut section, k, v);
         }
@@ -128,10 +118,7 @@ impl PgmuxConfig {
 
     /// The userlist secret of `user`, if listed.
     pub fn password_of(&self, user: &str) -> Option<&str> {
-        self.users
-            .iter()
-            .find(|(u, _)| u == user)
-            .map(|(_, p)| p.as_str())
+        self.users.iter().find(|(u, _)| u == user).map(|(_, p)| p.as_str())
     }
 
     /// The pooler.toml text.
@@ -155,10 +142,7 @@ impl PgmuxConfig {
 
     /// The userlist.txt text.
     pub fn userlist(&self) -> String {
-        self.users
-            .iter()
-            .map(|(u, p)| format!("\"{u}\" \"{p}\"\n"))
-            .collect()
+        self.users.iter().map(|(u, p)| format!("\"{u}\" \"{p}\"\n")).collect()
     }
 }
 
@@ -201,12 +185,8 @@ impl Pgmux {
             }
         }
         // Tests that set listen_port themselves get what they asked for.
-        let port = config
-            .pooler
-            .iter()
-            .find(|(k, _)| k == "listen_port")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(port);
+        let port =
+            config.pooler.iter().find(|(k, _)| k == "listen_port").and_then(|(_, v)| v.parse().ok()).unwrap_or(port);
 
         let config_path = dir.join("pooler.toml");
         std::fs::write(&config_path, config.to_toml()).expect("write pooler.toml");
@@ -223,16 +203,8 @@ impl Pgmux {
             .stderr(log)
             // Own group: Drop can take down workers a dying supervisor left.
             .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
-        let mut pgmux = Pgmux {
-            pid: child.id(),
-            child: Some(child),
-            port,
-            dir,
-            config,
-        };
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
+        let mut pgmux = Pgmux { pid: child.id(), child: Some(child), port, dir, config };
         pgmux.wait_listening();
         pgmux
     }
@@ -240,11 +212,7 @@ impl Pgmux {
     fn wait_listening(&mut self) {
         let start = Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
                 panic!(
                     "pgmux exited during start-up ({status}). Config:\n{}\n--- pgmux log ---\n{}",
@@ -257,10 +225,7 @@ impl Pgmux {
                 return;
             }
             if start.elapsed() > START_DEADLINE {
-                panic!(
-                    "pgmux did not accept TCP connections on port {} within {START_DEADLINE:?}",
-                    self.port
-                );
+                panic!("pgmux did not accept TCP connections on port {} within {START_DEADLINE:?}", self.port);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -296,10 +261,7 @@ impl Pgmux {
 
     /// A libpq/rust-postgres connection string through pgmux over TCP.
     pub fn conn_str(&self, db: &str, user: &str, password: &str) -> String {
-        let mut s = format!(
-            "host=127.0.0.1 port={} dbname={db} user={user} connect_timeout=10",
-            self.port
-        );
+        let mut s = format!("host=127.0.0.1 port={} dbname={db} user={user} connect_timeout=10", self.port);
         if !password.is_empty() {
             s.push_str(&format!(" password={password}"));
         }
@@ -315,24 +277,14 @@ impl Pgmux {
 
     /// Like [`Self::client`] with an explicit password, returning the error
     /// for tests that expect one.
-    pub fn try_client(
-        &self,
-        db: &str,
-        user: &str,
-        password: &str,
-    ) -> Result<postgres::Client, postgres::Error> {
+    pub fn try_client(&self, db: &str, user: &str, password: &str) -> Result<postgres::Client, postgres::Error> {
         postgres::Client::connect(&self.conn_str(db, user, password), postgres::NoTls)
     }
 
     fn password(&self, user: &str) -> &str {
         self.config
             .password_of(user)
-            .or_else(|| {
-                DEFAULT_USERS
-                    .iter()
-                    .find(|(u, _)| *u == user)
-                    .map(|(_, p)| *p)
-            })
+            .or_else(|| DEFAULT_USERS.iter().find(|(u, _)| *u == user).map(|(_, p)| *p))
             .unwrap_or("")
     }
 
@@ -355,11 +307,7 @@ impl Pgmux {
     pub fn pgbench(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(Postgres::shared().bin("pgbench"));
         clear_pg_env(&mut cmd);
-        let user = args
-            .windows(2)
-            .find(|w| w[0] == "-U")
-            .map(|w| w[1])
-            .unwrap_or("postgres");
+        let user = args.windows(2).find(|w| w[0] == "-U").map(|w| w[1]).unwrap_or("postgres");
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
             .env("PGUSER", user)
@@ -372,11 +320,8 @@ impl Pgmux {
     /// Pids of the supervisor's direct children whose `/proc/<pid>/comm` is
     /// `name` (e.g. `pgmux-worker`), sorted.
     pub fn children(&self, name: &str) -> Vec<u32> {
-        let mut pids: Vec<u32> = proc_table()
-            .into_iter()
-            .filter(|p| p.ppid == self.pid && p.comm == name)
-            .map(|p| p.pid)
-            .collect();
+        let mut pids: Vec<u32> =
+            proc_table().into_iter().filter(|p| p.ppid == self.pid && p.comm == name).map(|p| p.pid).collect();
         pids.sort_unstable();
         pids
     }
@@ -460,18 +405,11 @@ impl Drop for Pgmux {
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("PGMUX_BIN") {
         let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "PGMUX_BIN={} does not exist",
-            path.display()
-        );
+        assert!(path.is_file(), "PGMUX_BIN={} does not exist", path.display());
         return path;
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile_dir| profile_dir.join("pgmux"));
+    let candidate = exe.parent().and_then(Path::parent).map(|profile_dir| profile_dir.join("pgmux"));
     match candidate {
         Some(path) if path.is_file() => path,
         _ => panic!(
@@ -537,12 +475,7 @@ pub fn proc_table() -> Vec<ProcInfo> {
             let mut fields = tail.split_whitespace().skip(1);
             let ppid = fields.next()?.parse().ok()?;
             let pgrp = fields.next()?.parse().ok()?;
-            Some(ProcInfo {
-                pid,
-                ppid,
-                pgrp,
-                comm,
-            })
+            Some(ProcInfo { pid, ppid, pgrp, comm })
         })
         .collect()
 }

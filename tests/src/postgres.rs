@@ -57,9 +57,7 @@ impl Postgres {
     }
 
     fn start() -> Postgres {
-        let bindir = std::env::var_os("PG_BINDIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_BINDIR));
+        let bindir = std::env::var_os("PG_BINDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_BINDIR));
         for tool in ["initdb", "pg_ctl", "postgres", "psql"] {
             if !bindir.join(tool).is_file() {
                 panic!(
@@ -78,13 +76,7 @@ impl Postgres {
             chown(&root, uid, gid);
         }
 
-        let pg = Postgres {
-            bindir,
-            root,
-            data_dir,
-            port: free_port(),
-            run_as,
-        };
+        let pg = Postgres { bindir, root, data_dir, port: free_port(), run_as };
         pg.initdb();
         pg.configure();
         pg.pg_ctl_start();
@@ -94,10 +86,11 @@ impl Postgres {
 
     fn initdb(&self) {
         let mut cmd = self.as_owner(&self.bin("initdb"));
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8"])
-            .args(["--locale=C", "--no-sync", "--no-instructions"]);
+        cmd.arg("-D").arg(&self.data_dir).args(["-U", "postgres", "-A", "trust", "-E", "UTF8"]).args([
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]);
         run_checked(cmd, "initdb");
     }
 
@@ -133,12 +126,7 @@ impl Postgres {
 
     fn pg_ctl_start(&self) {
         let mut cmd = self.as_owner(&self.bin("pg_ctl"));
-        cmd.arg("start")
-            .arg("-D")
-            .arg(&self.data_dir)
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "60"]);
+        cmd.arg("start").arg("-D").arg(&self.data_dir).arg("-l").arg(self.log_path()).args(["-w", "-t", "60"]);
         // pg_ctl's postmaster would otherwise inherit the test's pipes and
         // keep `cargo test` output open after we exit.
         cmd.stdin(Stdio::null());
@@ -212,11 +200,7 @@ impl Postgres {
         clear_pg_env(&mut cmd);
         let out = cmd.output().expect("spawn psql");
         if !out.status.success() {
-            panic!(
-                "psql_admin({db:?}, {sql:?}) failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("psql_admin({db:?}, {sql:?}) failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         }
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -228,10 +212,7 @@ impl Postgres {
         cmd.current_dir(&self.root);
         clear_pg_env(&mut cmd);
         if let Some((uid, gid)) = self.run_as {
-            cmd.uid(uid)
-                .gid(gid)
-                .env("HOME", &self.root)
-                .env("USER", "postgres");
+            cmd.uid(uid).gid(gid).env("HOME", &self.root).env("USER", "postgres");
         }
         cmd
     }
@@ -281,18 +262,14 @@ fn postgres_os_user() -> Option<(u32, u32)> {
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
 fn append(path: &Path, text: &str) {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    f.write_all(text.as_bytes())
-        .expect("append postgresql.conf");
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(text.as_bytes()).expect("append postgresql.conf");
 }
 
 /// Keeps the developer's PG* variables from redirecting fixture commands.

@@ -45,10 +45,7 @@ pub fn free_port() -> u16 {
 pub fn temp_dir(prefix: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let dir = PathBuf::from(format!("/tmp/{prefix}-{}-{n}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     dir
@@ -69,8 +66,8 @@ pub fn tail_file(path: &Path, n: usize) -> String {
 /// Opens a TCP connection to 127.0.0.1:`port` with [`RAW_IO_TIMEOUT`] on both
 /// directions and Nagle off, so each `write_all` goes out as its own segment.
 pub fn raw_connect(port: u16) -> TcpStream {
-    let stream = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("raw connect to 127.0.0.1:{port}: {e}"));
+    let stream =
+        TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("raw connect to 127.0.0.1:{port}: {e}"));
     stream.set_read_timeout(Some(RAW_IO_TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(RAW_IO_TIMEOUT)).unwrap();
     stream.set_nodelay(true).unwrap();
@@ -143,9 +140,7 @@ fn push_cstr(buf: &mut Vec<u8>, s: &str) {
 /// Writes all of `bytes`, panicking on failure (the pooler closing on us is
 /// reported by the following read, which is what tests assert on).
 pub fn raw_send(stream: &mut TcpStream, bytes: &[u8]) {
-    stream
-        .write_all(bytes)
-        .unwrap_or_else(|e| panic!("raw write of {} bytes: {e}", bytes.len()));
+    stream.write_all(bytes).unwrap_or_else(|e| panic!("raw write of {} bytes: {e}", bytes.len()));
 }
 
 /// Reads one backend message: `(type, body without the length)`. Returns
@@ -218,10 +213,7 @@ fn read_exact_or_eof(stream: &mut TcpStream, buf: &mut [u8]) -> bool {
 }
 
 fn is_hangup(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
-    )
+    matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe)
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -272,10 +264,7 @@ mod tests {
     #[test]
     fn startup_packet_is_framed() {
         let p = startup_packet("u", "d");
-        assert_eq!(
-            u32::from_be_bytes(p[..4].try_into().unwrap()) as usize,
-            p.len()
-        );
+        assert_eq!(u32::from_be_bytes(p[..4].try_into().unwrap()) as usize, p.len());
         assert_eq!(&p[4..8], &[0, 3, 0, 0]);
         assert!(p.ends_with(b"user\0u\0database\0d\0\0"));
     }

@@ -68,6 +68,14 @@ pub fn copy_fail(out: &mut Vec<u8>, message_text: &str) {
     message(out, b'f', |b| put_cstr(b, message_text.as_bytes()));
 }
 
+/// Execute: run `portal`, returning at most `max_rows` rows (0 = all).
+pub fn execute(out: &mut Vec<u8>, portal: &str, max_rows: u32) {
+    message(out, b'E', |b| {
+        put_cstr(b, portal.as_bytes());
+        put_u32(b, max_rows);
+    });
+}
+
 // ---------------------------------------------------------------- decoding
 
 /// Fails on trailing bytes: a body longer than its type allows means the

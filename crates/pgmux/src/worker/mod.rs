@@ -68,8 +68,10 @@ enum Job {
         session_id: u64,
         wanted: Vec<(String, String)>,
     },
-    /// Close an extended-protocol batch a departed client left open.
+    /// Close an extended-protocol batch pgmux itself left open.
     Sync,
+    /// Close a departed client's extended-protocol batch after making it fail, so it rolls back.
+    AbortSync,
     Rollback,
     /// server_reset_query after a session-mode client left.
     Reset,
@@ -187,6 +189,9 @@ impl Worker {
                         if let Some(up) = self.upstream.as_mut() {
                             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                                 up.readable = true;
+                            }
+                            if ev.is_read_closed() || ev.is_error() {
+                                up.hup = true;
                             }
                             if ev.is_writable() || ev.is_error() {
                                 up.writable = true;
@@ -347,6 +352,10 @@ impl Worker {
         if readable {
             s.readable = true;
         }
+        if ev.is_read_closed() || ev.is_error() {
+            // The peer's FIN may sit behind the data: read until EOF, not just until a short read.
+            s.hup = true;
+        }
         if s.pending_out() > 0 && s.writable {
             if let Err(e) = s.flush() {
                 let label = s.label.clone();
@@ -380,15 +389,32 @@ impl Worker {
             return;
         }
         self.owner = None;
-        let running = self.replies.owes(s.id);
-        self.replies.orphan(s.id);
         let Some(up) = self.upstream.as_mut() else { return };
         if s.passthrough > 0 {
             // Half a message went upstream: the protocol state cannot be recovered.
+            self.replies.orphan(s.id);
             self.drop_upstream("client left in the middle of a message");
             return;
         }
+        if s.turn_sent && up.sent_total <= s.turn_start {
+            // Nothing of this turn has reached PostgreSQL yet (a request followed by the client's EOF): take it
+            // back rather than run it for nobody.
+            let cut = up.out_pos + (s.turn_start - up.sent_total) as usize;
+            up.outbuf.truncate(cut);
+            self.replies.forget_unsent(s.id);
+        }
+        let running = self.replies.owes(s.id);
+        self.replies.orphan(s.id);
         if running {
+            // The cancel must not overtake the query it is meant for: let the query reach the server first.
+            let pending = up.outbuf.get(up.out_pos..).unwrap_or_default();
+            if let Err(e) = up.conn.write_all_timeout(pending, Duration::from_secs(2)) {
+                self.drop_upstream(&format!("write failed: {e}"));
+                return;
+            }
+            up.sent_total += pending.len() as u64;
+            up.outbuf.clear();
+            up.out_pos = 0;
             if let Err(e) = upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2)) {
                 warn!("cancel after client left failed: {e}");
             }
@@ -396,9 +422,16 @@ impl Worker {
         if up.copy_in {
             fe::copy_fail(&mut up.outbuf, "client disconnected");
             up.copy_in = false;
+            self.replies.push(Owner::Pgmux, b'f', Disposition::Swallow);
         }
         if self.replies.needs_sync() {
-            self.send_job_sync();
+            // An implicit transaction may be open: make it fail before the Sync so that it rolls back, as
+            // PostgreSQL does when a client disconnects, instead of committing the departed client's work.
+            if let Some(up) = self.upstream.as_mut() {
+                fe::execute(&mut up.outbuf, "pgmux: client disconnected", 0);
+            }
+            self.replies.push(Owner::Pgmux, b'E', Disposition::Swallow);
+            self.send_job_sync(Job::AbortSync);
         }
         if self.pool_mode == PoolMode::Session {
             self.needs_reset = true;
@@ -483,11 +516,11 @@ impl Worker {
         self.jobs.push_back(job);
     }
 
-    fn send_job_sync(&mut self) {
+    fn send_job_sync(&mut self, job: Job) {
         let Some(up) = self.upstream.as_mut() else { return };
         fe::sync(&mut up.outbuf);
         self.replies.push(Owner::Pgmux, b'S', Disposition::Swallow);
-        self.jobs.push_back(Job::Sync);
+        self.jobs.push_back(job);
     }
 
     /// Run until nothing moves: write upstream, read upstream, read the owner, hand the upstream on.
@@ -513,6 +546,7 @@ impl Worker {
                 Ok(0) => up.writable = false,
                 Ok(n) => {
                     up.out_pos += n;
+                    up.sent_total += n as u64;
                     progress = true;
                 }
                 Err(e) => {
@@ -547,7 +581,7 @@ impl Worker {
             match up.conn.read_into(&mut up.inbuf, READ_CHUNK) {
                 Ok(ReadOutcome::Data { drained, .. }) => {
                     progress = true;
-                    if drained {
+                    if drained && !up.hup {
                         up.readable = false;
                     }
                     if let Err(reason) = self.process_upstream_input() {
@@ -747,6 +781,7 @@ impl Worker {
                     }
                 }
             }
+            Some(Job::AbortSync) => {}
             Some(Job::Rollback) | Some(Job::Reset) | Some(Job::Sync) => {
                 if let Some(err) = error {
                     let fields = be::parse_error_fields(err.get(frame::HEADER_LEN..).unwrap_or_default());
@@ -781,7 +816,7 @@ impl Worker {
             match s.conn.read_into(&mut s.inbuf, READ_CHUNK) {
                 Ok(ReadOutcome::Data { drained, .. }) => {
                     progress = true;
-                    if drained {
+                    if drained && !s.hup {
                         s.readable = false;
                     }
                     if !self.forward_client_input(idx) {
@@ -844,7 +879,10 @@ impl Worker {
                 _ => {}
             }
             let total = h.total_len();
-            s.turn_sent = true;
+            if !s.turn_sent {
+                s.turn_sent = true;
+                s.turn_start = up.sent_total + (up.outbuf.len() - up.out_pos) as u64;
+            }
             if avail >= total {
                 up.outbuf.extend_from_slice(rest.get(..total).unwrap_or_default());
                 self.replies.push(Owner::Session(s.id), h.tag, Disposition::Forward);
@@ -931,7 +969,7 @@ impl Worker {
                 return progress;
             }
             if self.replies.needs_sync() {
-                self.send_job_sync();
+                self.send_job_sync(Job::Sync);
                 return true;
             }
             if up.txn_status != b'I' {

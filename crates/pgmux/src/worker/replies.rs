@@ -119,6 +119,9 @@ pub struct Replies {
     skipping: bool,
     /// PostgreSQL is in copy-in mode and the client has not yet ended it: Syncs it sends now are ignored.
     copy_in: bool,
+    /// An extended-protocol message was sent since the last Sync (or simple Query): PostgreSQL may be inside an
+    /// implicit transaction even after every reply has arrived (Parse/Bind/Execute answered after a Flush).
+    unsynced: bool,
 }
 
 impl Replies {
@@ -141,6 +144,7 @@ impl Replies {
             return;
         }
         let Some(kind) = Kind::of_frontend(tag) else { return };
+        self.unsynced = !kind.ends_with_ready();
         if self.copy_in && kind == Kind::Sync {
             // Ignored by PostgreSQL in copy-in mode.
             return;
@@ -158,13 +162,17 @@ impl Replies {
     /// True when the last message sent upstream leaves PostgreSQL waiting for a Sync before it will answer with
     /// ReadyForQuery: extended-protocol messages without a Sync after them, or an error being skipped.
     pub fn needs_sync(&self) -> bool {
-        if self.skipping {
-            return true;
-        }
-        match self.queue.iter().rev().find(|e| e.kind != Kind::CopyEnd) {
-            Some(e) => !e.kind.ends_with_ready(),
-            None => false,
-        }
+        self.skipping || self.unsynced
+    }
+
+    /// The session left before any of its current turn reached PostgreSQL (the caller has cut those bytes from
+    /// the upstream's output): forget its entries as if they had never been queued. The upstream was clean when the
+    /// turn began (it is only handed over then), so the batch state goes back to clean too.
+    pub fn forget_unsent(&mut self, session_id: u64) {
+        self.queue.retain(|e| e.owner != Owner::Session(session_id));
+        self.unsynced = false;
+        self.skipping = false;
+        self.copy_in = false;
     }
 
     /// The session left: whatever it is still owed is swallowed.
@@ -503,5 +511,36 @@ mod tests {
         assert!(!r.needs_sync());
         r.push(A, b'H', FWD);
         assert!(!r.needs_sync());
+    }
+
+    #[test]
+    fn answered_batch_without_sync_still_needs_one() {
+        // Parse/Bind/Execute then Flush: everything answered, but PostgreSQL is inside an implicit transaction.
+        let mut r = Replies::new();
+        for t in b"PBEH" {
+            r.push(A, *t, FWD);
+        }
+        for t in [b'1', b'2', b'C'] {
+            assert!(r.on_backend(t).is_ok());
+        }
+        assert!(r.is_empty());
+        assert!(r.needs_sync());
+        r.push(A, b'S', FWD);
+        assert_eq!(r.on_backend(b'Z').map(|x| x.ready), Ok(true));
+        assert!(!r.needs_sync());
+    }
+
+    #[test]
+    fn forget_unsent_restores_a_clean_queue() {
+        let mut r = Replies::new();
+        r.push(Owner::Pgmux, b'Q', SWALLOW);
+        for t in b"PBE" {
+            r.push(A, *t, FWD);
+        }
+        r.forget_unsent(1);
+        assert!(!r.needs_sync());
+        assert!(!r.owes(1));
+        assert_eq!(r.on_backend(b'Z').map(|x| (x.owner, x.ready)), Ok((Some(Owner::Pgmux), true)));
+        assert!(r.is_empty());
     }
 }

@@ -30,6 +30,10 @@ pub struct Session {
     pub queued: bool,
     /// Sent at least one message upstream during its current turn; until then its turn is not over.
     pub turn_sent: bool,
+    /// Where this turn's first byte sits in the upstream's output stream (see `Upstream::sent_total`).
+    pub turn_start: u64,
+    /// The peer has shut down its side (or the socket has an error): read until EOF.
+    pub hup: bool,
     /// Short name for log lines: "s42 alice@127.0.0.1:50000".
     pub label: String,
 }
@@ -50,6 +54,8 @@ impl Session {
             writable: true,
             queued: false,
             turn_sent: false,
+            turn_start: 0,
+            hup: false,
             label,
         }
     }

@@ -102,6 +102,10 @@ pub struct Upstream {
     pub out_pos: usize,
     pub readable: bool,
     pub writable: bool,
+    /// PostgreSQL closed its side or the socket has an error: read until EOF.
+    pub hup: bool,
+    /// Bytes written to the socket since login; with `outbuf` this locates any byte in the output stream.
+    pub sent_total: u64,
     /// Bytes of a large backend message still to pass through to `stream_route`'s owner.
     pub passthrough: usize,
     /// Set while PostgreSQL is in COPY FROM STDIN for the current owner.
@@ -205,6 +209,8 @@ pub fn connect(
                     out_pos: 0,
                     readable: true,
                     writable: true,
+                    hup: false,
+                    sent_total: 0,
                     passthrough: 0,
                     copy_in: false,
                 });
