@@ -628,6 +628,7 @@ impl Client {
         self.inbuf.drain(..len);
         match decoded {
             Err(e @ StartupError::UnsupportedVersion { .. }) => self.fail("0A000", e.to_string(), None),
+            Err(e @ StartupError::MissingUser) => self.fail("28000", e.to_string(), None),
             Err(e) => self.fail("08P01", e.to_string(), None),
             Ok(StartupPacket::SslRequest) if !self.ssl_answered => {
                 self.ssl_answered = true;

@@ -120,6 +120,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let _socket_files = sockets::SocketFiles::of(&listen);
     if listen.is_empty() {
         error!("nothing to listen on: listen_addr and unix_socket_dir are both empty");
         return ExitCode::from(1);
@@ -134,7 +135,7 @@ fn main() -> ExitCode {
     let pidfile = config.pooler.pidfile.clone();
     if let Some(path) = &pidfile {
         if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
-            error!("cannot write pidfile {}: {e}", path.display());
+            error!("{}: pooler.pidfile: cannot write {}: {e}", args.config.display(), path.display());
             return ExitCode::from(1);
         }
     }

@@ -111,3 +111,29 @@ fn bind_unix(path: &Path) -> Result<ListenSocket, BindError> {
     sock.listen(BACKLOG).map_err(err)?;
     Ok(ListenSocket::Unix { fd: sock.into(), path: path.to_path_buf() })
 }
+
+/// Removes the Unix socket files when the supervisor's `main` returns, whichever way it returns. Forked children
+/// carry a copy of this value but leave with `exit`, which runs no destructors, so only the supervisor removes them.
+pub struct SocketFiles(Vec<PathBuf>);
+
+impl SocketFiles {
+    pub fn of(sockets: &[ListenSocket]) -> SocketFiles {
+        SocketFiles(
+            sockets
+                .iter()
+                .filter_map(|s| match s {
+                    ListenSocket::Unix { path, .. } => Some(path.clone()),
+                    ListenSocket::Tcp { .. } => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

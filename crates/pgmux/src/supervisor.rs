@@ -604,16 +604,6 @@ impl Supervisor {
     }
 }
 
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        for l in &self.listen {
-            if let ListenSocket::Unix { path, .. } = l {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-}
-
 /// Tell a client it cannot be served, without reading anything from it. The message is pgmux's own.
 fn refuse(fd: OwnedFd, code: &str, message: &str) {
     let mut out = Vec::new();

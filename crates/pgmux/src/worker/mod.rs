@@ -11,9 +11,11 @@
 //! rolls back and only then serves the next session; when the upstream's state cannot be known (a message half
 //! sent, a reply that fits nothing), it drops the upstream and reconnects.
 
+mod client_messages;
 mod replies;
 mod session;
 mod settings;
+mod statements;
 mod upstream;
 
 use std::collections::{HashMap, VecDeque};
@@ -29,7 +31,7 @@ use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 use pgmux_proto::{backend as be, frame, frontend as fe};
 
 use crate::net::{Conn, ReadOutcome};
-use replies::{Disposition, Owner, Replies};
+use replies::{Action, Disposition, Owner, Replies};
 use session::Session;
 use upstream::{Address, Credential, Upstream};
 
@@ -43,6 +45,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const HIGH_WATER: usize = 1024 * 1024;
 /// Messages larger than this are streamed through instead of buffered whole.
 const STREAM_THRESHOLD: usize = 64 * 1024;
+/// Client messages pgmux may rewrite (Parse, Bind, Describe, Close, Query) are buffered whole up to this size;
+/// larger ones stream through unchanged.
+const MAX_REWRITTEN_MESSAGE: usize = 64 * 1024 * 1024;
 /// Backend messages pgmux must parse (errors, statuses) are buffered whole up to this size.
 const MAX_BUFFERED_BACKEND: u32 = 16 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(100);
@@ -75,7 +80,18 @@ enum Job {
     Rollback,
     /// server_reset_query after a session-mode client left.
     Reset,
+    /// Read back the settings a session's turn may have changed.
+    SettingsProbe {
+        session_id: u64,
+    },
+    /// Deallocate SQL-level prepared statements of sessions that left.
+    Cleanup,
 }
+
+/// The settings a session has on its upstream: everything set at session level (pgmux applies a session's settings
+/// with set_config, so they are 'session' too). `setting` is in base units, which set_config accepts back.
+const SETTINGS_PROBE: &str =
+    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' AND name <> 'is_superuser'";
 
 struct Worker {
     ctx: WorkerContext,
@@ -104,6 +120,18 @@ struct Worker {
     last_connect_error: String,
     shutting_down: bool,
     stop: bool,
+    /// Counts turns; the statement cache's recency.
+    turn: u64,
+    /// Upstream generations are never reused, so a statement prepared on a previous connection is known lost.
+    next_generation: u64,
+    parse_slots: HashMap<u32, client_messages::ParseSlot>,
+    next_parse_slot: u32,
+    plans: HashMap<u32, client_messages::QueryPlan>,
+    next_plan: u32,
+    /// Rows of a settings probe being read.
+    probe_rows: Vec<(String, String)>,
+    /// Upstream names of SQL-level prepared statements whose sessions left.
+    pending_deallocs: Vec<String>,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -162,6 +190,14 @@ impl Worker {
             last_connect_error: String::new(),
             shutting_down: false,
             stop: false,
+            turn: 0,
+            next_generation: 1,
+            parse_slots: HashMap::new(),
+            next_parse_slot: 0,
+            plans: HashMap::new(),
+            next_plan: 0,
+            probe_rows: Vec::new(),
+            pending_deallocs: Vec::new(),
         })
     }
 
@@ -385,6 +421,12 @@ impl Worker {
         }
         debug!("{}: closing: {reason}", s.label);
         self.send_supervisor(Msg::SessionClosed { session_id: s.id });
+        if let Some(up) = self.upstream.as_ref() {
+            let generation = up.generation;
+            self.pending_deallocs.extend(
+                s.sql_prepared.values().filter(|p| p.generation == generation).map(|p| p.upstream_name.clone()),
+            );
+        }
         if self.owner != Some(idx) {
             return;
         }
@@ -466,7 +508,12 @@ impl Worker {
         let params: Vec<(&str, &str)> = self.login_params.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         let timeout = self.ctx.config.pooler.server_connect_timeout;
         match upstream::connect(&self.addr, &params, &self.login_user, &self.credential, timeout) {
-            Ok(up) => {
+            Ok(mut up) => {
+                up.generation = self.next_generation;
+                self.next_generation += 1;
+                self.parse_slots.clear();
+                self.plans.clear();
+                self.pending_deallocs.clear();
                 let fd = up.conn.raw_fd();
                 if let Err(e) =
                     self.poll.registry().register(&mut SourceFd(&fd), UPSTREAM, Interest::READABLE | Interest::WRITABLE)
@@ -659,6 +706,7 @@ impl Worker {
                 }
                 break Ok(());
             }
+            log::trace!("upstream message '{}' ({} bytes)", h.tag as char, total);
             let route = match self.replies.on_backend(h.tag) {
                 Ok(r) => r,
                 Err(e) => break Err(e.to_string()),
@@ -705,11 +753,40 @@ impl Worker {
                 }
                 _ => {}
             }
-            self.deliver(route.owner, route.disposition, msg);
+            let mut show = true;
+            match (route.action, h.tag) {
+                (Action::Parsed(slot), b'1') => self.parse_settled(slot, true),
+                (Action::Parsed(slot), b'E') => self.parse_settled(slot, false),
+                (Action::Plan(slot), b'C' | b'Z') => show = self.plan_progress(slot, h.tag),
+                _ => {}
+            }
+            if h.tag == b'E' {
+                for action in self.replies.take_dropped() {
+                    if let Action::Parsed(slot) = action {
+                        self.parse_settled(slot, false);
+                    }
+                }
+            }
+            if h.tag == b'D' && route.owner == Some(Owner::Pgmux) {
+                if let Some((name, value)) = parse_two_column_row(body) {
+                    self.probe_rows.push((name, value));
+                }
+            }
+            match (&route.replacement, route.disposition) {
+                (Some(replacement), _) if h.tag == b'E' => {
+                    let bytes = replacement.clone();
+                    self.deliver(route.owner, Disposition::Forward, &bytes);
+                }
+                (_, Disposition::HideOk) if h.tag != b'E' => {}
+                (_, Disposition::HideOk) => self.deliver(route.owner, Disposition::Forward, msg),
+                _ if show => self.deliver(route.owner, route.disposition, msg),
+                _ => {}
+            }
             pos += total;
             if route.ready && route.owner == Some(Owner::Pgmux) {
                 self.job_done();
             }
+            self.pump_synth();
             if self.upstream.is_none() {
                 break Ok(());
             }
@@ -782,7 +859,13 @@ impl Worker {
                 }
             }
             Some(Job::AbortSync) => {}
-            Some(Job::Rollback) | Some(Job::Reset) | Some(Job::Sync) => {
+            Some(Job::SettingsProbe { session_id }) => {
+                let rows = std::mem::take(&mut self.probe_rows);
+                if error.is_none() {
+                    self.settings_read_back(session_id, rows);
+                }
+            }
+            Some(Job::Rollback) | Some(Job::Reset) | Some(Job::Sync) | Some(Job::Cleanup) => {
                 if let Some(err) = error {
                     let fields = be::parse_error_fields(err.get(frame::HEADER_LEN..).unwrap_or_default());
                     warn!("clean-up query failed: {}", fields.map(|f| f.message).unwrap_or_default());
@@ -842,24 +925,28 @@ impl Worker {
     /// closed.
     fn forward_client_input(&mut self, idx: usize) -> bool {
         let max_len = self.ctx.config.pooler.max_packet_size;
-        let Some(up) = self.upstream.as_mut() else { return true };
+        let rewrite = self.pool_mode != PoolMode::Session;
         let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) else { return false };
+        let id = s.id;
+        let mut inbuf = std::mem::take(&mut s.inbuf);
         let mut pos = 0;
         let mut fault: Option<String> = None;
         let mut terminate = false;
         loop {
-            let avail = s.inbuf.len() - pos;
+            let avail = inbuf.len() - pos;
+            let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) else { break };
+            let Some(up) = self.upstream.as_mut() else { break };
             if s.passthrough > 0 {
                 let n = s.passthrough.min(avail);
                 if n == 0 {
                     break;
                 }
-                up.outbuf.extend_from_slice(s.inbuf.get(pos..pos + n).unwrap_or_default());
+                up.outbuf.extend_from_slice(inbuf.get(pos..pos + n).unwrap_or_default());
                 s.passthrough -= n;
                 pos += n;
                 continue;
             }
-            let rest = s.inbuf.get(pos..).unwrap_or_default();
+            let rest = inbuf.get(pos..).unwrap_or_default();
             let Some(h) = frame::peek_header(rest) else { break };
             if let Err(e) = frame::check_frontend(h, max_len) {
                 fault = Some(e.to_string());
@@ -879,25 +966,41 @@ impl Worker {
                 _ => {}
             }
             let total = h.total_len();
+            // Messages pgmux may rewrite are buffered whole (up to a cap); others stream through when large.
+            let stream_at = if rewrite && matches!(h.tag, b'P' | b'B' | b'D' | b'C' | b'Q') {
+                MAX_REWRITTEN_MESSAGE
+            } else {
+                STREAM_THRESHOLD
+            };
+            if avail < total && total <= stream_at {
+                break;
+            }
             if !s.turn_sent {
                 s.turn_sent = true;
                 s.turn_start = up.sent_total + (up.outbuf.len() - up.out_pos) as u64;
             }
             if avail >= total {
-                up.outbuf.extend_from_slice(rest.get(..total).unwrap_or_default());
-                self.replies.push(Owner::Session(s.id), h.tag, Disposition::Forward);
+                let msg = rest.get(..total).unwrap_or_default();
+                if rewrite {
+                    self.client_message(idx, id, h.tag, msg);
+                } else {
+                    up.outbuf.extend_from_slice(msg);
+                    self.replies.push(Owner::Session(id), h.tag, Disposition::Forward);
+                }
                 pos += total;
-            } else if total > STREAM_THRESHOLD {
-                up.outbuf.extend_from_slice(rest);
-                self.replies.push(Owner::Session(s.id), h.tag, Disposition::Forward);
-                s.passthrough = total - avail;
-                pos = s.inbuf.len();
-                break;
             } else {
+                up.outbuf.extend_from_slice(rest);
+                self.replies.push(Owner::Session(id), h.tag, Disposition::Forward);
+                s.passthrough = total - avail;
+                pos = inbuf.len();
                 break;
             }
         }
-        s.inbuf.drain(..pos.min(s.inbuf.len()));
+        inbuf.drain(..pos.min(inbuf.len()));
+        if let Some(s) = self.session(idx) {
+            s.inbuf = inbuf;
+        }
+        self.pump_synth();
         if let Some(reason) = fault {
             self.close_session(idx, &reason, Some(("08P01", &reason)));
             return false;
@@ -907,6 +1010,41 @@ impl Worker {
             return false;
         }
         true
+    }
+
+    /// Deliver replies pgmux gives itself once nothing the upstream owes is ahead of them.
+    fn pump_synth(&mut self) {
+        while let Some((owner, bytes, action)) = self.replies.pop_synth() {
+            if let Action::Parsed(slot) = action {
+                self.parse_settled(slot, true);
+            }
+            self.deliver(Some(owner), Disposition::Forward, &bytes);
+        }
+    }
+
+    /// The settings a session's turn left on the upstream, read back: they are the upstream's now, and the
+    /// session's (plus, after RESET ALL, the startup values the upstream does not have yet).
+    fn settings_read_back(&mut self, session_id: u64, rows: Vec<(String, String)>) {
+        let Some(idx) = self.by_id.get(&session_id).copied() else { return };
+        let Some(s) = self.session(idx) else { return };
+        let upstream_view: HashMap<String, String> = rows.iter().cloned().collect();
+        let mut settings = rows;
+        let mut in_step = true;
+        if s.reset_seen {
+            for (n, v) in &s.baseline {
+                if !settings.iter().any(|(m, _)| m == n) {
+                    settings.push((n.clone(), v.clone()));
+                    in_step = false;
+                }
+            }
+            s.reset_seen = false;
+        }
+        s.settings_dirty = false;
+        s.settings = settings;
+        if let Some(up) = self.upstream.as_mut() {
+            up.applied = upstream_view;
+            up.applied_for = in_step.then_some(session_id);
+        }
     }
 
     /// Hand the upstream back when the owner's transaction is over and nothing is owed.
@@ -919,6 +1057,12 @@ impl Worker {
         let status = up.txn_status;
         let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
         if s.passthrough > 0 || !s.inbuf.is_empty() || (s.readable && !s.turn_sent) {
+            return;
+        }
+        if s.settings_dirty && self.pool_mode != PoolMode::Session && status == b'I' {
+            let id = s.id;
+            self.probe_rows.clear();
+            self.send_job_query(SETTINGS_PROBE, Job::SettingsProbe { session_id: id });
             return;
         }
         match self.pool_mode {
@@ -934,6 +1078,7 @@ impl Worker {
             _ if status != b'I' => return,
             _ => {}
         }
+        log::trace!("{}: turn ends (readable={})", s.label, s.readable);
         self.owner = None;
         let readable = s.readable;
         if readable {
@@ -988,6 +1133,12 @@ impl Worker {
                     return true;
                 }
             }
+            if !self.pending_deallocs.is_empty() {
+                let sql: String =
+                    self.pending_deallocs.drain(..).map(|n| format!("DEALLOCATE {n};")).collect::<Vec<_>>().concat();
+                self.send_job_query(&sql, Job::Cleanup);
+                return true;
+            }
             if self.shutting_down {
                 return progress;
             }
@@ -1004,6 +1155,12 @@ impl Worker {
 
     fn begin_turn(&mut self, idx: usize) {
         self.owner = Some(idx);
+        self.turn += 1;
+        if log::log_enabled!(log::Level::Trace) {
+            if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
+                log::trace!("{}: turn {} begins", s.label, self.turn);
+            }
+        }
         let Some(s) = self.session(idx) else { return };
         s.turn_sent = false;
         let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
@@ -1046,4 +1203,20 @@ impl Worker {
             self.stop = true;
         }
     }
+}
+
+/// A DataRow of two non-null text columns (the settings probe's rows).
+fn parse_two_column_row(body: &[u8]) -> Option<(String, String)> {
+    let mut cur = pgmux_proto::cursor::Cursor::new(body);
+    if cur.read_i16().ok()? != 2 {
+        return None;
+    }
+    let mut col = || -> Option<String> {
+        let len = cur.read_i32().ok()?;
+        let bytes = cur.read_bytes(usize::try_from(len).ok()?).ok()?;
+        String::from_utf8(bytes.to_vec()).ok()
+    };
+    let a = col()?;
+    let b = col()?;
+    Some((a, b))
 }

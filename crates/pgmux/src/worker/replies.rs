@@ -35,6 +35,23 @@ pub enum Owner {
 pub enum Disposition {
     Forward,
     Swallow,
+    /// A message pgmux added on the session's behalf (re-preparing a statement): its success is swallowed, but an
+    /// ErrorResponse goes to the session, whose own next messages PostgreSQL will now skip.
+    HideOk,
+    /// A message pgmux sent only to make PostgreSQL fail the way it would have for the client (a statement name the
+    /// session does not have): the upstream's ErrorResponse is replaced by the entry's bytes.
+    Replace,
+}
+
+/// What the worker must do when an entry is answered or dropped; opaque to this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    #[default]
+    None,
+    /// A Parse pgmux sent or answered, by the worker's slot number for it.
+    Parsed(u32),
+    /// A simple Query with effects tied to its statements' success, by the worker's plan number.
+    Plan(u32),
 }
 
 /// The frontend message an entry stands for.
@@ -48,6 +65,9 @@ pub enum Kind {
     Execute,
     Close,
     Sync,
+    /// Answered by pgmux itself: the entry's bytes go to its owner as soon as it reaches the front (a ParseComplete
+    /// for a Parse pgmux did not need to send, a CloseComplete for a session-only Close).
+    Synth,
     /// The client ended a COPY FROM STDIN (CopyDone or CopyFail) before PostgreSQL's CopyInResponse was seen. It
     /// expects no reply; it marks where copy-in mode ends, because PostgreSQL ignores every Sync it receives while in
     /// copy-in mode and those Syncs must then expect nothing.
@@ -77,21 +97,44 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     owner: Owner,
     kind: Kind,
     disposition: Disposition,
+    action: Action,
+    /// Synth: the reply itself. Replace: the ErrorResponse to send instead of the upstream's.
+    bytes: Option<Box<[u8]>>,
+}
+
+impl Entry {
+    fn new(owner: Owner, kind: Kind, disposition: Disposition) -> Entry {
+        Entry { owner, kind, disposition, action: Action::None, bytes: None }
+    }
 }
 
 /// Where one backend message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// None for an asynchronous message (notice, parameter status, notification) arriving while nothing is owed.
     pub owner: Option<Owner>,
     pub disposition: Disposition,
     /// Set on ReadyForQuery: the entry it closed.
     pub ready: bool,
+    /// The action of the entry this message completed (or failed).
+    pub action: Action,
+    /// Replace: what to send instead of this ErrorResponse.
+    pub replacement: Option<Box<[u8]>>,
+}
+
+impl Route {
+    fn to(e: &Entry, ready: bool) -> Route {
+        Route { owner: Some(e.owner), disposition: e.disposition, ready, action: e.action, replacement: None }
+    }
+
+    fn completing(e: Entry, ready: bool) -> Route {
+        Route { owner: Some(e.owner), disposition: e.disposition, ready, action: e.action, replacement: e.bytes }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +165,8 @@ pub struct Replies {
     /// An extended-protocol message was sent since the last Sync (or simple Query): PostgreSQL may be inside an
     /// implicit transaction even after every reply has arrived (Parse/Bind/Execute answered after a Flush).
     unsynced: bool,
+    /// Actions of entries PostgreSQL skipped after an error; the worker drains them.
+    dropped: Vec<Action>,
 }
 
 impl Replies {
@@ -135,11 +180,53 @@ impl Replies {
 
     /// Record a frontend message sent upstream. Messages PostgreSQL does not answer are ignored.
     pub fn push(&mut self, owner: Owner, tag: u8, disposition: Disposition) {
+        self.push_with(owner, tag, disposition, Action::None, None)
+    }
+
+    /// Record a reply pgmux gives itself, in its place among the upstream's replies.
+    pub fn push_synth(&mut self, owner: Owner, reply: Vec<u8>, action: Action) {
+        if self.skipping {
+            // PostgreSQL would have skipped the message this answers.
+            if action != Action::None {
+                self.dropped.push(action);
+            }
+            return;
+        }
+        let mut e = Entry::new(owner, Kind::Synth, Disposition::Forward);
+        e.bytes = Some(reply.into_boxed_slice());
+        e.action = action;
+        self.queue.push_back(e);
+    }
+
+    /// The first synthesised reply, if it is at the front and so due now.
+    pub fn pop_synth(&mut self) -> Option<(Owner, Box<[u8]>, Action)> {
+        if self.queue.front().is_some_and(|e| e.kind == Kind::Synth) {
+            let e = self.queue.pop_front()?;
+            return Some((e.owner, e.bytes.unwrap_or_default(), e.action));
+        }
+        None
+    }
+
+    /// Actions of entries dropped because PostgreSQL skipped their messages after an error.
+    pub fn take_dropped(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Record a frontend message with what to do when it is answered (`action`) and, for `Replace`, the error to
+    /// send instead of the upstream's.
+    pub fn push_with(
+        &mut self,
+        owner: Owner,
+        tag: u8,
+        disposition: Disposition,
+        action: Action,
+        bytes: Option<Box<[u8]>>,
+    ) {
         if tag == b'c' || tag == b'f' {
             if self.copy_in {
                 self.copy_in = false;
             } else if !self.queue.is_empty() {
-                self.queue.push_back(Entry { owner, kind: Kind::CopyEnd, disposition });
+                self.queue.push_back(Entry::new(owner, Kind::CopyEnd, disposition));
             }
             return;
         }
@@ -152,11 +239,14 @@ impl Replies {
         if self.skipping {
             if kind != Kind::Sync {
                 // PostgreSQL ignores every message, a simple Query included, until the Sync arrives.
+                if action != Action::None {
+                    self.dropped.push(action);
+                }
                 return;
             }
             self.skipping = false;
         }
-        self.queue.push_back(Entry { owner, kind, disposition });
+        self.queue.push_back(Entry { owner, kind, disposition, action, bytes });
     }
 
     /// True when the last message sent upstream leaves PostgreSQL waiting for a Sync before it will answer with
@@ -223,61 +313,68 @@ impl Replies {
             b'E' => self.copy_in = false,
             _ => {}
         }
-        let front = self.queue.front().copied();
-        let route_to = |e: Entry, ready: bool| Route { owner: Some(e.owner), disposition: e.disposition, ready };
-        match tag {
-            // Asynchronous messages may come at any time; they go to whoever the upstream is working for.
-            b'N' | b'S' | b'A' => Ok(match front {
-                Some(e) => route_to(e, false),
-                None => Route { owner: None, disposition: Disposition::Forward, ready: false },
-            }),
-            _ => {
-                let Some(e) = front else { return Err(Desync { tag, expected: None }) };
-                let bad = || Desync { tag, expected: Some(e.kind) };
-                match (e.kind, tag) {
-                    (Kind::Query | Kind::FunctionCall | Kind::Sync, b'Z') => {
-                        self.copy_in = false;
-                        self.queue.pop_front();
-                        Ok(route_to(e, true))
-                    }
-                    // Everything a simple query or a function call produces belongs to it until ReadyForQuery.
-                    (Kind::Query, b'T' | b'D' | b'C' | b'I' | b'E' | b'G' | b'H' | b'W' | b'd' | b'c') => {
-                        Ok(route_to(e, false))
-                    }
-                    (Kind::FunctionCall, b'V' | b'E') => Ok(route_to(e, false)),
-                    (Kind::Parse, b'1') | (Kind::Bind, b'2') | (Kind::Close, b'3') => {
-                        self.queue.pop_front();
-                        Ok(route_to(e, false))
-                    }
-                    (Kind::Describe, b't') => Ok(route_to(e, false)),
-                    (Kind::Describe, b'T' | b'n') => {
-                        self.queue.pop_front();
-                        Ok(route_to(e, false))
-                    }
-                    (Kind::Execute, b'D' | b'G' | b'H' | b'W' | b'd' | b'c') => Ok(route_to(e, false)),
-                    (Kind::Execute, b'C' | b'I' | b's') => {
-                        self.queue.pop_front();
-                        Ok(route_to(e, false))
-                    }
-                    (Kind::Sync, _) => Err(bad()),
-                    (_, b'E') => {
-                        // An extended-protocol message failed: PostgreSQL now skips to the next Sync.
-                        self.queue.pop_front();
-                        while let Some(next) = self.queue.front() {
-                            if next.kind == Kind::Sync {
-                                break;
-                            }
-                            self.queue.pop_front();
-                        }
-                        if self.queue.is_empty() {
-                            self.skipping = true;
-                        }
-                        Ok(route_to(e, false))
-                    }
-                    _ => Err(bad()),
-                }
+        let Some(front) = self.queue.front() else {
+            return match tag {
+                // Asynchronous messages may come at any time; with nothing owed they belong to nobody in particular.
+                b'N' | b'S' | b'A' => Ok(Route {
+                    owner: None,
+                    disposition: Disposition::Forward,
+                    ready: false,
+                    action: Action::None,
+                    replacement: None,
+                }),
+                _ => Err(Desync { tag, expected: None }),
+            };
+        };
+        let kind = front.kind;
+        let bad = || Desync { tag, expected: Some(kind) };
+        match (kind, tag) {
+            // Asynchronous messages go to whoever the upstream is working for.
+            (_, b'N' | b'S' | b'A') => Ok(Route::to(front, false)),
+            (Kind::Query | Kind::FunctionCall | Kind::Sync, b'Z') => {
+                self.copy_in = false;
+                let e = self.pop()?;
+                Ok(Route::completing(e, true))
             }
+            // Everything a simple query or a function call produces belongs to it until ReadyForQuery.
+            (Kind::Query, b'T' | b'D' | b'C' | b'I' | b'E' | b'G' | b'H' | b'W' | b'd' | b'c') => {
+                Ok(Route::to(front, false))
+            }
+            (Kind::FunctionCall, b'V' | b'E') => Ok(Route::to(front, false)),
+            (Kind::Parse, b'1') | (Kind::Bind, b'2') | (Kind::Close, b'3') | (Kind::Describe, b'T' | b'n') => {
+                let e = self.pop()?;
+                Ok(Route::completing(e, false))
+            }
+            (Kind::Describe, b't') => Ok(Route::to(front, false)),
+            (Kind::Execute, b'D' | b'G' | b'H' | b'W' | b'd' | b'c') => Ok(Route::to(front, false)),
+            (Kind::Execute, b'C' | b'I' | b's') => {
+                let e = self.pop()?;
+                Ok(Route::completing(e, false))
+            }
+            (Kind::Sync | Kind::Synth | Kind::CopyEnd, _) => Err(bad()),
+            (_, b'E') => {
+                // An extended-protocol message failed: PostgreSQL now skips to the next Sync.
+                let e = self.pop()?;
+                while let Some(next) = self.queue.front() {
+                    if next.kind == Kind::Sync {
+                        break;
+                    }
+                    if next.action != Action::None {
+                        self.dropped.push(next.action);
+                    }
+                    self.queue.pop_front();
+                }
+                if self.queue.is_empty() {
+                    self.skipping = true;
+                }
+                Ok(Route::completing(e, false))
+            }
+            _ => Err(bad()),
         }
+    }
+
+    fn pop(&mut self) -> Result<Entry, Desync> {
+        self.queue.pop_front().ok_or(Desync { tag: 0, expected: None })
     }
 }
 

@@ -4,10 +4,14 @@
 //! its bytes are read (only while it owns the upstream, so a waiting request stays in the kernel) and where the
 //! upstream's replies go.
 
+use std::collections::HashMap;
 use std::io;
+use std::rc::Rc;
 
 use pgmux_ipc::SessionRecord;
 
+use super::client_messages::SqlPrepared;
+use super::statements::StmtDef;
 use crate::net::Conn;
 
 pub struct Session {
@@ -16,6 +20,19 @@ pub struct Session {
     pub conn: Conn,
     /// Settings this session expects on the upstream, lower-case names (see `settings`).
     pub settings: Vec<(String, String)>,
+    /// The settings it started with: what RESET ALL goes back to.
+    pub baseline: Vec<(String, String)>,
+    /// Its turn ran something that may have changed settings: read them back before letting go of the upstream.
+    pub settings_dirty: bool,
+    /// Its turn ran RESET ALL or DISCARD ALL successfully.
+    pub reset_seen: bool,
+    /// Protocol-level prepared statements by the session's own names.
+    pub prepared: HashMap<Box<str>, Rc<StmtDef>>,
+    /// What the session last prepared as its unnamed statement.
+    pub unnamed: Option<Rc<StmtDef>>,
+    /// SQL-level prepared statements (PREPARE), by the session's own names.
+    pub sql_prepared: HashMap<String, SqlPrepared>,
+    pub sql_counter: u64,
     /// Client bytes read but not yet sent upstream: at most one partial message.
     pub inbuf: Vec<u8>,
     /// Bytes of a large client message still to stream upstream unbuffered.
@@ -45,7 +62,14 @@ impl Session {
             id: record.session_id,
             record,
             conn,
+            baseline: settings.clone(),
             settings,
+            settings_dirty: false,
+            reset_seen: false,
+            prepared: HashMap::new(),
+            unnamed: None,
+            sql_prepared: HashMap::new(),
+            sql_counter: 0,
             inbuf: Vec::new(),
             passthrough: 0,
             out: Vec::new(),

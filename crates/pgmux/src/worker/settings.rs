@@ -101,7 +101,15 @@ pub fn parse_options(s: &str) -> Vec<(String, String)> {
 /// SQL that takes an upstream from `current` to `wanted`, or None when they already agree.
 pub fn diff_sql(current: &HashMap<String, String>, wanted: &[(String, String)]) -> Option<String> {
     let mut sql = String::new();
-    for (name, value) in wanted {
+    // SET SESSION AUTHORIZATION resets the role, so it must come first and the role after it.
+    let rank = |n: &str| match n {
+        "session_authorization" => 0,
+        "role" => 1,
+        _ => 2,
+    };
+    let mut ordered: Vec<&(String, String)> = wanted.iter().collect();
+    ordered.sort_by_key(|(n, _)| rank(n));
+    for (name, value) in ordered {
         if current.get(name) != Some(value) {
             sql.push_str("SELECT pg_catalog.set_config(");
             push_literal(&mut sql, name);

@@ -20,6 +20,9 @@ use pgmux_proto::frontend as fe;
 
 use crate::net::{Conn, ReadOutcome};
 
+/// Prepared statements one upstream keeps before the least recently used are closed.
+const STATEMENT_CACHE: usize = 1000;
+
 /// Where PostgreSQL listens.
 #[derive(Debug, Clone)]
 pub enum Address {
@@ -95,6 +98,10 @@ pub struct Upstream {
     pub applied: HashMap<String, String>,
     /// The session whose settings `applied` matches, so a session that runs twice in a row costs no comparison.
     pub applied_for: Option<u64>,
+    /// The prepared statements it has, by definition.
+    pub stmts: super::statements::UpstreamStatements,
+    /// Changes whenever the upstream loses its SQL-level prepared statements (a new connection, DISCARD ALL).
+    pub generation: u64,
     /// Transaction status from the last ReadyForQuery.
     pub txn_status: u8,
     pub inbuf: Vec<u8>,
@@ -204,6 +211,8 @@ pub fn connect(
                     applied: HashMap::new(),
                     applied_for: None,
                     txn_status: b'I',
+                    stmts: super::statements::UpstreamStatements::new(STATEMENT_CACHE),
+                    generation: 0,
                     inbuf,
                     outbuf: Vec::new(),
                     out_pos: 0,
