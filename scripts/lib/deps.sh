@@ -37,3 +37,20 @@ require_cargo() {
     fi
     command -v cargo >/dev/null || { echo "cargo not found (install Rust via rustup)" >&2; return 1; }
 }
+
+# install_driver_deps: the Python and Node.js drivers tests/tests/sessions.rs
+# runs (tests/drivers/), installed only when missing. Fails loudly when
+# python3 or npm is not there: those tests must never be skipped.
+install_driver_deps() {
+    local dir=$PGMUX_ROOT/tests/drivers
+    command -v python3 >/dev/null || { echo "python3 not found (needed by tests/drivers)" >&2; return 1; }
+    if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
+        echo "installing Python drivers from $dir/requirements.txt" >&2
+        python3 -m pip install --quiet --disable-pip-version-check -r "$dir/requirements.txt"
+    fi
+    if [[ ! -f $dir/node_modules/pg/package.json ]]; then
+        command -v npm >/dev/null || { echo "npm not found (needed by tests/drivers)" >&2; return 1; }
+        echo "installing Node.js drivers in $dir (npm ci)" >&2
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}

@@ -15,6 +15,7 @@ const TAG_CANCEL: u8 = 4;
 const TAG_SHUTDOWN: u8 = 5;
 const TAG_SESSION_CLOSED: u8 = 6;
 const TAG_WORKER_STATUS: u8 = 7;
+const TAG_MIGRATE: u8 = 8;
 
 /// One message between two pgmux processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,11 @@ pub enum Msg {
     WorkerStatus {
         upstream_up: bool,
         sessions: u32,
+    },
+    /// worker → supervisor: this session waits behind a busy upstream; give it to another worker of its pool.
+    /// Carries 1 fd: the client socket.
+    Migrate {
+        record: SessionRecord,
     },
 }
 
@@ -157,13 +163,14 @@ impl Msg {
             Msg::Shutdown => "Shutdown",
             Msg::SessionClosed { .. } => "SessionClosed",
             Msg::WorkerStatus { .. } => "WorkerStatus",
+            Msg::Migrate { .. } => "Migrate",
         }
     }
 
     /// How many file descriptors travel with this message in SCM_RIGHTS.
     pub fn fd_count(&self) -> usize {
         match self {
-            Msg::Login { .. } | Msg::Assign { .. } => 1,
+            Msg::Login { .. } | Msg::Assign { .. } | Msg::Migrate { .. } => 1,
             Msg::CancelRequest { .. }
             | Msg::Cancel { .. }
             | Msg::Shutdown
@@ -202,6 +209,10 @@ impl Msg {
                 out.push(u8::from(*upstream_up));
                 out.extend_from_slice(&sessions.to_be_bytes());
             }
+            Msg::Migrate { record } => {
+                out.push(TAG_MIGRATE);
+                record.encode(out);
+            }
         }
     }
 
@@ -216,6 +227,7 @@ impl Msg {
             TAG_SHUTDOWN => "Shutdown",
             TAG_SESSION_CLOSED => "SessionClosed",
             TAG_WORKER_STATUS => "WorkerStatus",
+            TAG_MIGRATE => "Migrate",
             other => return Err(MessageError::UnknownTag(other)),
         };
         let mut f = Fields { msg: name, r: Reader::new(body) };
@@ -226,6 +238,7 @@ impl Msg {
             TAG_CANCEL => Msg::Cancel { session_id: f.u64("session_id")? },
             TAG_SHUTDOWN => Msg::Shutdown,
             TAG_SESSION_CLOSED => Msg::SessionClosed { session_id: f.u64("session_id")? },
+            TAG_MIGRATE => Msg::Migrate { record: f.record()? },
             // The only tag left after the match above.
             _ => Msg::WorkerStatus { upstream_up: f.bool("upstream_up")?, sessions: f.u32("sessions")? },
         };
@@ -249,6 +262,7 @@ mod tests {
             Msg::SessionClosed { session_id: u64::MAX },
             Msg::WorkerStatus { upstream_up: true, sessions: 3 },
             Msg::WorkerStatus { upstream_up: false, sessions: 0 },
+            Msg::Migrate { record: full_record() },
         ]
     }
 
@@ -268,7 +282,7 @@ mod tests {
     #[test]
     fn fd_counts() {
         let counts: Vec<usize> = all().iter().map(Msg::fd_count).collect();
-        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1]);
     }
 
     #[test]
@@ -294,7 +308,7 @@ mod tests {
     #[test]
     fn unknown_tags_rejected() {
         assert_eq!(Msg::decode(&[]), Err(MessageError::Empty));
-        for tag in [0u8, 8, 0x51, 0xFF] {
+        for tag in [0u8, 9, 0x51, 0xFF] {
             assert_eq!(Msg::decode(&[tag]), Err(MessageError::UnknownTag(tag)));
         }
     }

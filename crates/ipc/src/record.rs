@@ -12,7 +12,7 @@
 use std::fmt;
 
 /// Version byte that starts every encoded record.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 /// Longest string (in bytes) a record may carry.
 pub const MAX_STRING_LEN: usize = 1024 * 1024;
 /// Most startup parameters a record may carry.
@@ -55,6 +55,10 @@ pub struct SessionRecord {
     pub flags: u32,
     /// Client bytes already read but not yet acted on.
     pub pending_input: Vec<u8>,
+    /// The settings the session started with (what RESET ALL returns to).
+    pub baseline: Vec<(String, String)>,
+    /// SQL-level prepared statements: (the session's name, pgmux's upstream name, the text after the name).
+    pub sql_prepared: Vec<(String, String, String)>,
 }
 
 /// Why a record could not be decoded.
@@ -243,6 +247,13 @@ impl SessionRecord {
         }
         put_u32(out, self.flags);
         put_bytes(out, &self.pending_input);
+        put_pairs(out, &self.baseline);
+        put_len(out, self.sql_prepared.len());
+        for (name, upstream, rest) in &self.sql_prepared {
+            put_bytes(out, name.as_bytes());
+            put_bytes(out, upstream.as_bytes());
+            put_bytes(out, rest.as_bytes());
+        }
     }
 
     /// Decodes a record that must fill `buf` exactly.
@@ -291,6 +302,16 @@ impl SessionRecord {
         }
         let flags = r.u32("flags")?;
         let pending_input = r.bytes("pending_input", MAX_PENDING_INPUT)?.to_vec();
+        let baseline = r.pairs("baseline", "baseline.name", "baseline.value", MAX_SETTINGS)?;
+        // Three strings, each at least a 4-byte length.
+        let n_sql = r.count("sql_prepared", MAX_PREPARED, 12)?;
+        let mut sql_prepared = Vec::with_capacity(n_sql);
+        for _ in 0..n_sql {
+            let name = r.string("sql_prepared.name")?;
+            let upstream = r.string("sql_prepared.upstream_name")?;
+            let rest = r.string("sql_prepared.text")?;
+            sql_prepared.push((name, upstream, rest));
+        }
         Ok(SessionRecord {
             session_id,
             database,
@@ -303,6 +324,8 @@ impl SessionRecord {
             prepared,
             flags,
             pending_input,
+            baseline,
+            sql_prepared,
         })
     }
 }
@@ -327,6 +350,8 @@ pub(crate) mod tests {
             ],
             flags: 0b101,
             pending_input: b"Q\0\0\0\x0dselect 1\0".to_vec(),
+            baseline: vec![("application_name".into(), "psql".into())],
+            sql_prepared: vec![("p".into(), "pgmuxq_1_1".into(), " AS SELECT 1".into())],
         }
     }
 
@@ -436,8 +461,8 @@ pub(crate) mod tests {
     fn unknown_version_rejected() {
         let mut buf = Vec::new();
         full_record().encode(&mut buf);
-        buf[0] = 2;
-        assert_eq!(SessionRecord::decode(&buf), Err(RecordError::UnknownVersion(2)));
+        buf[0] = RECORD_VERSION + 1;
+        assert_eq!(SessionRecord::decode(&buf), Err(RecordError::UnknownVersion(RECORD_VERSION + 1)));
     }
 
     #[test]

@@ -296,6 +296,10 @@ impl Supervisor {
             },
             (Some(Role::Listener { .. }), Msg::CancelRequest { pid, key }) => self.route_cancel(pid, key),
             (Some(Role::Worker { .. }), Msg::SessionClosed { session_id }) => self.session_closed(slot, session_id),
+            (Some(Role::Worker { pool, .. }), Msg::Migrate { record }) => match fds.pop() {
+                Some(fd) => self.migrate(slot, pool, record, fd),
+                None => warn!("migrate without a socket"),
+            },
             (Some(Role::Worker { .. }), Msg::WorkerStatus { upstream_up, sessions }) => {
                 debug!("worker in slot {slot}: upstream_up={upstream_up} sessions={sessions}");
             }
@@ -404,6 +408,39 @@ impl Supervisor {
                 self.cancel_keys.remove(&cancel);
             }
         }
+    }
+
+    /// A worker hands back a session that waits behind its busy upstream: give it to another worker of the same
+    /// pool (starting one if the pool may grow), or back to the same worker if there is no other.
+    fn migrate(&mut self, from: usize, pool: usize, record: SessionRecord, fd: OwnedFd) {
+        let id = record.session_id;
+        if let Some(c) = self.children.get_mut(from).and_then(|c| c.as_mut()) {
+            c.sessions = c.sessions.saturating_sub(1);
+        }
+        let Some(p) = self.pools.get(pool) else { return };
+        let may_spawn = p.workers.len() < p.size && p.respawn_at.is_none_or(|t| Instant::now() >= t);
+        let mut target = None;
+        let mut best = u32::MAX;
+        for &w in &p.workers {
+            if w == from {
+                continue;
+            }
+            if let Some(c) = self.children.get(w).and_then(|c| c.as_ref()) {
+                if c.sessions < best {
+                    best = c.sessions;
+                    target = Some(w);
+                }
+            }
+        }
+        if (target.is_none() || best > 0) && may_spawn {
+            match self.spawn_worker(pool) {
+                Ok(w) => target = Some(w),
+                Err(e) => error!("cannot start a worker: {e}"),
+            }
+        }
+        let target = target.unwrap_or(from);
+        debug!("s{id}: moving to worker slot {target}");
+        self.assign(target, record, fd);
     }
 
     fn session_closed(&mut self, slot: usize, id: u64) {

@@ -273,6 +273,7 @@ impl Worker {
             return self.forward(id, b'Q', msg);
         }
         let generation = self.upstream.as_ref().map(|u| u.generation).unwrap_or(0);
+        let worker = self.ctx.index;
         let mut edits: Vec<(Range<usize>, String)> = Vec::new();
         // Statements pgmux puts in front of a given statement index, hidden from the client.
         let mut inserted: Vec<(usize, String)> = Vec::new();
@@ -307,7 +308,8 @@ impl Worker {
                         Some(existing) => (existing.upstream_name.clone(), false),
                         None => {
                             s.sql_counter += 1;
-                            (format!("pgmuxq_{}_{}", id, s.sql_counter), true)
+                            // Session id and worker make it unique upstream even after the session moved.
+                            (format!("pgmuxq_{}_{}_{}", id, worker, s.sql_counter), true)
                         }
                     };
                     let rest = text.get(name.span.end..st.span.end).unwrap_or_default().to_string();

@@ -51,10 +51,15 @@ const MAX_REWRITTEN_MESSAGE: usize = 64 * 1024 * 1024;
 /// Backend messages pgmux must parse (errors, statuses) are buffered whole up to this size.
 const MAX_BUFFERED_BACKEND: u32 = 16 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(100);
+/// A session waiting while the upstream's owner sits idle inside a transaction this long moves to another worker.
+const MIGRATE_AFTER: Duration = Duration::from_millis(20);
+/// A session that just arrived stays at least this long before it may move again (no ping-pong).
+const MIGRATE_COOLDOWN: Duration = Duration::from_millis(200);
+/// Record flag: the session moved here from another worker; it has been greeted already.
+pub const FLAG_MIGRATED: u32 = 1;
 
 pub struct WorkerContext {
-    /// Unique among the supervisor's workers; names the process in logs.
-    #[allow(dead_code)]
+    /// Unique among the supervisor's workers.
     pub index: u32,
     /// The pool: the database name clients asked for, and the user.
     pub database: String,
@@ -132,6 +137,10 @@ struct Worker {
     probe_rows: Vec<(String, String)>,
     /// Upstream names of SQL-level prepared statements whose sessions left.
     pending_deallocs: Vec<String>,
+    /// Last time the owner sent something or was answered: how long it has left the upstream idle.
+    owner_active_at: Instant,
+    /// Other workers may exist for this pool, so waiting sessions can move.
+    can_migrate: bool,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -198,6 +207,8 @@ impl Worker {
             next_plan: 0,
             probe_rows: Vec::new(),
             pending_deallocs: Vec::new(),
+            owner_active_at: Instant::now(),
+            can_migrate: db.pool_size > 1 && db.pool_mode != PoolMode::Session,
         })
     }
 
@@ -205,7 +216,11 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         while !self.stop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let mut wake = next_tick;
+            if self.migration_due_at().is_some_and(|t| t < wake) {
+                wake = self.migration_due_at().unwrap_or(wake);
+            }
+            let timeout = wake.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     error!("poll failed: {e}");
@@ -241,6 +256,9 @@ impl Worker {
                 self.read_channel();
             }
             self.drive();
+            if self.migration_due_at().is_some_and(|t| t <= Instant::now()) {
+                self.migrate_waiting();
+            }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + TICK;
                 self.janitor();
@@ -321,12 +339,21 @@ impl Worker {
             self.send_supervisor(Msg::SessionClosed { session_id: record.session_id });
             return;
         }
-        let settings = settings::from_startup(&record.startup_params);
+        let migrated = record.flags & FLAG_MIGRATED != 0;
+        let settings = if migrated { record.settings.clone() } else { settings::from_startup(&record.startup_params) };
         let pending = std::mem::take(&mut record.pending_input);
         let mut s = Session::new(record, conn, settings);
-        self.greet(&mut s);
-        // Bytes the client pipelined behind its login: they wait for a turn like bytes still in the kernel.
-        let has_pending = !pending.is_empty();
+        if migrated {
+            s.restore_from_record();
+        } else {
+            self.greet(&mut s);
+        }
+        // Bytes the client pipelined behind its login: they wait for a turn like bytes still in the kernel. A
+        // session that moved here came because it had a request waiting.
+        let has_pending = !pending.is_empty() || migrated;
+        if migrated {
+            s.readable = true;
+        }
         s.inbuf = pending;
         let idx = match self.free.pop() {
             Some(i) => i,
@@ -668,6 +695,7 @@ impl Worker {
         let mut buf = std::mem::take(&mut up.inbuf);
         self.upstream = Some(up);
         let result = self.route_backend(&mut buf);
+        self.owner_active_at = Instant::now();
         if let Some(up) = self.upstream.as_mut() {
             up.inbuf = buf;
         }
@@ -996,6 +1024,9 @@ impl Worker {
                 break;
             }
         }
+        if pos > 0 {
+            self.owner_active_at = Instant::now();
+        }
         inbuf.drain(..pos.min(inbuf.len()));
         if let Some(s) = self.session(idx) {
             s.inbuf = inbuf;
@@ -1155,6 +1186,7 @@ impl Worker {
 
     fn begin_turn(&mut self, idx: usize) {
         self.owner = Some(idx);
+        self.owner_active_at = Instant::now();
         self.turn += 1;
         if log::log_enabled!(log::Level::Trace) {
             if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
@@ -1179,6 +1211,61 @@ impl Worker {
                 if let Some(up) = self.upstream.as_mut() {
                     up.applied_for = Some(id);
                 }
+            }
+        }
+    }
+
+    // ----- moving waiting sessions to other workers -----
+
+    /// When waiting sessions should move: the owner has left the upstream idle inside a transaction.
+    fn migration_due_at(&self) -> Option<Instant> {
+        if !self.can_migrate || self.queue.is_empty() || self.owner.is_none() || self.shutting_down {
+            return None;
+        }
+        let up = self.upstream.as_ref()?;
+        if up.txn_status == b'I' || !self.replies.is_empty() || !self.jobs.is_empty() {
+            return None; // the upstream is working; waiting is fair
+        }
+        Some(self.owner_active_at + MIGRATE_AFTER)
+    }
+
+    /// Hand every waiting session (whose bytes are still in the kernel) to the supervisor for another worker.
+    fn migrate_waiting(&mut self) {
+        let now = Instant::now();
+        let waiting: Vec<usize> = self.queue.drain(..).collect();
+        for idx in waiting {
+            let Some(s) = self.session(idx) else { continue };
+            if !s.queued {
+                continue;
+            }
+            if now.duration_since(s.arrived) < MIGRATE_COOLDOWN || s.passthrough > 0 {
+                self.queue.push_back(idx);
+                continue;
+            }
+            let record = s.to_record();
+            let mut encoded = Vec::new();
+            record.encode(&mut encoded);
+            if encoded.len() + 64 > pgmux_ipc::channel::MAX_MSG_LEN {
+                self.queue.push_back(idx); // too much state to move in one message: it waits here
+                continue;
+            }
+            let Some(mut s) = self.sessions.get_mut(idx).and_then(|slot| slot.take()) else { continue };
+            self.free.push(idx);
+            self.by_id.remove(&s.id);
+            let _ = self.poll.registry().deregister(&mut SourceFd(&s.conn.raw_fd()));
+            if let Err(e) = s.flush() {
+                debug!("{}: flush before moving failed: {e}", s.label);
+            }
+            if let Some(up) = self.upstream.as_ref() {
+                let generation = up.generation;
+                self.pending_deallocs.extend(
+                    s.sql_prepared.values().filter(|p| p.generation == generation).map(|p| p.upstream_name.clone()),
+                );
+            }
+            debug!("{}: moving to another worker (upstream idle in a transaction of another session)", s.label);
+            let fd = s.conn.into_fd();
+            if let Err(e) = self.outbox.send(&self.ctx.channel, &Msg::Migrate { record }, vec![fd]) {
+                warn!("s{}: could not hand over for migration: {e}", s.id);
             }
         }
     }

@@ -53,6 +53,8 @@ pub struct Session {
     pub hup: bool,
     /// Short name for log lines: "s42 alice@127.0.0.1:50000".
     pub label: String,
+    /// When it arrived at this worker.
+    pub arrived: std::time::Instant,
 }
 
 impl Session {
@@ -81,6 +83,7 @@ impl Session {
             turn_start: 0,
             hup: false,
             label,
+            arrived: std::time::Instant::now(),
         }
     }
 
@@ -114,5 +117,49 @@ impl Session {
         } else {
             self.settings.push((name, value));
         }
+    }
+}
+
+impl Session {
+    /// The record that lets another worker carry on with this session: its settings, its prepared statements by
+    /// definition, and any bytes read but not acted on.
+    pub fn to_record(&self) -> SessionRecord {
+        let mut r = self.record.clone();
+        r.settings = self.settings.clone();
+        r.baseline = self.baseline.clone();
+        r.prepared = self
+            .prepared
+            .iter()
+            .map(|(name, def)| pgmux_ipc::PreparedStatement {
+                name: name.to_string(),
+                query: def.query.to_string(),
+                param_types: def.param_types.to_vec(),
+            })
+            .collect();
+        r.sql_prepared =
+            self.sql_prepared.iter().map(|(name, p)| (name.clone(), p.upstream_name.clone(), p.rest.clone())).collect();
+        r.pending_input = self.inbuf.clone();
+        r.flags |= super::FLAG_MIGRATED;
+        r
+    }
+
+    /// Take over the state a record carries from another worker. Nothing is prepared upstream yet: statements are
+    /// prepared when first used here (SQL-level ones carry generation 0, which no upstream has).
+    pub fn restore_from_record(&mut self) {
+        let r = &self.record;
+        if !r.baseline.is_empty() {
+            self.baseline = r.baseline.clone();
+        }
+        for p in &r.prepared {
+            let def = Rc::new(StmtDef { query: p.query.as_str().into(), param_types: p.param_types.clone().into() });
+            self.prepared.insert(p.name.as_str().into(), def);
+        }
+        for (name, upstream_name, rest) in &r.sql_prepared {
+            let p = SqlPrepared { upstream_name: upstream_name.clone(), rest: rest.clone(), generation: 0 };
+            self.sql_prepared.insert(name.clone(), p);
+        }
+        self.record.prepared.clear();
+        self.record.sql_prepared.clear();
+        self.record.pending_input.clear();
     }
 }

@@ -1,0 +1,121 @@
+//! Sessions are not stuck behind a busy upstream: a session waiting on a worker whose upstream is held by another
+//! session's idle transaction moves to another worker of its pool, carrying its settings and prepared statements.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pgmux_tests::{Pgmux, PgmuxConfig, Postgres};
+
+/// Fail (instead of hanging) when `f` does not finish in time: pgmux is killed so blocked clients see EOF.
+fn with_deadline<R: Send>(pgmux: &Pgmux, limit: Duration, f: impl FnOnce() -> R + Send) -> R {
+    let (tx, rx) = mpsc::channel::<()>();
+    let pgid = pgmux.pid();
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || {
+            let r = f();
+            let _ = tx.send(());
+            r
+        });
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            // SAFETY: kill has no memory-safety preconditions; the process group belongs to this pgmux.
+            unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
+            let _ = handle.join();
+            panic!("did not finish within {limit:?} while another session held a transaction open");
+        }
+        match handle.join() {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    })
+}
+
+fn backend_pids(pg: &Postgres, db: &str) -> usize {
+    pg.psql_admin(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND backend_type = 'client backend' \
+             AND pid <> pg_backend_pid()"
+        ),
+    )
+    .trim()
+    .parse()
+    .unwrap_or(usize::MAX)
+}
+
+/// One session idles inside a transaction for the whole test; ten others, some of which share its worker, each
+/// run twenty queries with their own settings and prepared statements, and all finish while it still idles.
+#[test]
+fn sessions_do_not_wait_behind_an_idle_transaction() {
+    let pg = Postgres::shared();
+    pg.psql_admin("otherdb", "CREATE TABLE IF NOT EXISTS mig_t (id int PRIMARY KEY, v int)");
+    pg.psql_admin("otherdb", "INSERT INTO mig_t VALUES (1, 0) ON CONFLICT DO NOTHING");
+    pg.psql_admin("otherdb", "GRANT ALL ON mig_t TO bob");
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "2"));
+    let mut holder = pgmux.client("otherdb", "bob");
+    holder.batch_execute("BEGIN; UPDATE mig_t SET v = v + 1 WHERE id = 1").unwrap();
+    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+
+    let results: Vec<(i32, Vec<i32>)> = with_deadline(&pgmux, Duration::from_secs(60), || {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..10)
+                .map(|i: i32| {
+                    let pgmux = &pgmux;
+                    scope.spawn(move || {
+                        let mut c = pgmux.client("otherdb", "bob");
+                        c.batch_execute(&format!("SET work_mem = '{}kB'", 2001 + i)).unwrap();
+                        let stmt = c.prepare(&format!("SELECT $1::int + {i}, current_setting('work_mem')")).unwrap();
+                        let mut pids = Vec::new();
+                        for q in 0..20 {
+                            let row = c.query_one(&stmt, &[&q]).unwrap();
+                            assert_eq!(row.get::<_, i32>(0), q + i, "session {i} got another's result");
+                            let wm: String = row.get(1);
+                            assert_eq!(wm, format!("{}kB", 2001 + i), "session {i} lost its work_mem");
+                            let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+                            pids.push(pid);
+                        }
+                        (i, pids)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    });
+    for (i, pids) in &results {
+        assert!(!pids.contains(&holder_pid), "session {i} ran on the backend held by the open transaction");
+    }
+    // The holder's transaction is intact and still its own.
+    let v: i32 = holder.query_one("SELECT v FROM mig_t WHERE id = 1", &[]).unwrap().get(0);
+    holder.batch_execute("COMMIT").unwrap();
+    let after: i32 = pgmux.client("otherdb", "bob").query_one("SELECT v FROM mig_t WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(after, v);
+    assert!(backend_pids(pg, "otherdb") <= 2, "more upstreams than the pool size");
+    assert!(pgmux.log().contains("moving to another worker"), "no session moved (the fixture runs pgmux with -v)");
+}
+
+/// A moved session keeps SQL-level prepared statements and its cancel key works wherever it is.
+#[test]
+fn moved_session_keeps_sql_prepared_statements() {
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "2"));
+    let mut holder = pgmux.client("appdb", "alice");
+    holder.batch_execute("BEGIN; SELECT 1").unwrap();
+    with_deadline(&pgmux, Duration::from_secs(60), || {
+        std::thread::scope(|scope| {
+            for i in 0..6 {
+                let pgmux = &pgmux;
+                scope.spawn(move || {
+                    let mut c = pgmux.client("appdb", "alice");
+                    c.batch_execute(&format!("PREPARE p AS SELECT {i} AS v")).unwrap();
+                    for _ in 0..10 {
+                        let rows = c.simple_query("EXECUTE p").unwrap();
+                        let v = rows.iter().find_map(|m| match m {
+                            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                            _ => None,
+                        });
+                        assert_eq!(v.as_deref(), Some(i.to_string().as_str()));
+                    }
+                });
+            }
+        });
+    });
+    holder.batch_execute("COMMIT").unwrap();
+}
