@@ -37,21 +37,26 @@ def prepared_everything(i, barrier):
             q_add = f"SELECT %s::int + {i}, pg_backend_pid()"
             q_cat = f"SELECT 'conn{i}-' || %s::text"
             conn.execute(f"SET statement_timeout = '{1234 + i}ms'")
-            barrier.wait()
+            barrier.wait(timeout=30)
             mine = set()
             for k in range(ROUNDS):
                 v, pid = conn.execute(q_add, (k,)).fetchone()
                 mine.add(pid)
-                if v != k + i:
-                    fail(f"conn {i}: {q_add!r} with {k} gave {v}, want {k + i}")
                 (s,) = conn.execute(q_cat, (f"r{k}",)).fetchone()
-                if s != f"conn{i}-r{k}":
-                    fail(f"conn {i}: {q_cat!r} gave {s!r}")
                 (st,) = conn.execute("SHOW statement_timeout").fetchone()
+                # One report per connection: the first wrong result.
+                if v != k + i:
+                    return fail(f"conn {i} round {k}: {q_add!r} with {k} gave {v}, want {k + i}")
+                if s != f"conn{i}-r{k}":
+                    return fail(f"conn {i} round {k}: {q_cat!r} gave {s!r}")
                 if st != f"{1234 + i}ms":
-                    fail(f"conn {i}: statement_timeout {st!r}, want {1234 + i}ms")
+                    with pids_lock:
+                        pids.update(mine)
+                    return fail(f"conn {i} round {k}: statement_timeout {st!r}, want {1234 + i}ms")
             with pids_lock:
                 pids.update(mine)
+    except threading.BrokenBarrierError:
+        fail(f"conn {i}: another connection failed before the start")
     except Exception as e:  # reported below, the thread must not die silently
         fail(f"conn {i}: {type(e).__name__}: {e}")
 
@@ -125,8 +130,15 @@ def set_is_per_connection():
         assert b.execute("SHOW statement_timeout").fetchone() == ("0",)
 
 
-def main():
-    print("psycopg", psycopg.__version__, "libpq", psycopg.pq.version(), flush=True)
+def section(name, fn):
+    try:
+        fn()
+        print(f"{name}: ok", flush=True)
+    except Exception as e:
+        fail(f"{name}: {type(e).__name__}: {e}")
+
+
+def prepared_sessions():
     barrier = threading.Barrier(N)
     threads = [threading.Thread(target=prepared_everything, args=(i, barrier)) for i in range(N)]
     for t in threads:
@@ -134,13 +146,16 @@ def main():
     for t in threads:
         t.join()
     print("PIDS", " ".join(str(p) for p in sorted(pids)), flush=True)
+
+
+def main():
+    print("psycopg", psycopg.__version__, "libpq", psycopg.pq.version(), flush=True)
+    # Every section runs, so one failure does not hide the others.
+    section("prepared", prepared_sessions)
+    section("pipeline", pipeline_checks)
+    section("set", set_is_per_connection)
     if failures:
-        sys.exit(f"{len(failures)} failures, first: {failures[:5]}")
-    print("prepared: ok", flush=True)
-    pipeline_checks()
-    print("pipeline: ok", flush=True)
-    set_is_per_connection()
-    print("set: ok", flush=True)
+        sys.exit(f"{len(failures)} failures, first: {failures[:8]}")
     print("DONE", flush=True)
 
 

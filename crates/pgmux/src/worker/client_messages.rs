@@ -17,13 +17,15 @@ use pgmux_proto::sql::{self, DiscardKind, Kind as SqlKind};
 use pgmux_proto::{backend as be, frame, frontend as fe};
 
 use super::replies::{Action, Disposition, Owner};
-use super::statements::{wire, StmtDef};
+use super::settings;
+use super::statements::{wire, StmtDef, EFFECT_DEALLOCATE_ALL, EFFECT_RESET_ALL, EFFECT_SETTINGS};
 use super::Worker;
 
 /// A Parse pgmux sent or answered, remembered until it is known to have worked.
 #[derive(Debug)]
 pub struct ParseSlot {
     pub def: Rc<StmtDef>,
+    pub ctx: Rc<str>,
     /// The upstream name; None when pgmux answered the Parse itself (the upstream already had the statement).
     pub created: Option<Rc<str>>,
     /// The session's name for it, for a client's own Parse (not for one pgmux added).
@@ -106,10 +108,7 @@ impl Worker {
     fn client_parse(&mut self, idx: usize, id: u64, msg: &[u8], body: &[u8]) {
         let Ok(p) = fe::parse_parse(body) else { return self.forward(id, b'P', msg) };
         let turn = self.turn;
-        let def = Rc::new(StmtDef { query: p.query.into(), param_types: p.param_types.clone().into() });
-        if sql::may_be_interesting(p.query) {
-            self.note_sql_effects(idx, p.query);
-        }
+        let def = Rc::new(StmtDef::new(p.query, &p.param_types));
         if p.name.is_empty() {
             if let Some(s) = self.session(idx) {
                 s.unnamed = Some(def.clone());
@@ -120,15 +119,17 @@ impl Worker {
             return self.forward(id, b'P', msg);
         }
         let name = p.name.to_string();
-        let exists = self.session(idx).is_some_and(|s| s.prepared.contains_key(name.as_str()));
-        if exists {
+        let Some(s) = self.session(idx) else { return };
+        if s.prepared.contains_key(name.as_str()) {
             return self.fail_like_postgres(id, "42P05", &format!("prepared statement \"{name}\" already exists"));
         }
+        let ctx = s.ctx.clone();
         let Some(up) = self.upstream.as_mut() else { return };
-        if up.stmts.lookup(&def, turn).is_some() {
+        if up.stmts.lookup(&def, &ctx, turn).is_some() {
             // The upstream has it already: answer the Parse here, in its place among the replies.
             let action = self.new_parse_slot(ParseSlot {
                 def: def.clone(),
+                ctx,
                 created: None,
                 session: Some((id, name.clone().into())),
             });
@@ -136,11 +137,12 @@ impl Worker {
             be::parse_complete(&mut reply);
             self.replies.push_synth(Owner::Session(id), reply, action);
         } else {
-            let uname = up.stmts.insert(def.clone(), turn);
+            let uname = up.stmts.insert(def.clone(), ctx.clone(), turn);
             wire::parse(&mut up.outbuf, &uname, p.query, &p.param_types);
             let victims = up.stmts.evict(turn);
             let action = self.new_parse_slot(ParseSlot {
                 def: def.clone(),
+                ctx,
                 created: Some(uname),
                 session: Some((id, name.clone().into())),
             });
@@ -149,6 +151,23 @@ impl Worker {
         }
         if let Some(s) = self.session(idx) {
             s.prepared.insert(name.into(), def);
+        }
+    }
+
+    /// A statement is about to run: note what it may do to the session's state.
+    fn note_effects(&mut self, idx: usize, effects: u8) {
+        if effects == 0 {
+            return;
+        }
+        let Some(s) = self.session(idx) else { return };
+        if effects & EFFECT_SETTINGS != 0 {
+            s.settings_dirty = true;
+        }
+        if effects & EFFECT_RESET_ALL != 0 {
+            s.reset_seen = true;
+        }
+        if effects & EFFECT_DEALLOCATE_ALL != 0 {
+            s.pending_deallocate_all = true;
         }
     }
 
@@ -163,16 +182,18 @@ impl Worker {
     }
 
     /// The upstream name for a session's statement, preparing it upstream first if the upstream lacks it.
-    fn ensure_upstream_statement(&mut self, id: u64, def: &Rc<StmtDef>) -> Option<Rc<str>> {
+    fn ensure_upstream_statement(&mut self, idx: usize, id: u64, def: &Rc<StmtDef>) -> Option<Rc<str>> {
         let turn = self.turn;
+        let ctx = self.session(idx)?.ctx.clone();
         let up = self.upstream.as_mut()?;
-        if let Some(name) = up.stmts.lookup(def, turn) {
+        if let Some(name) = up.stmts.lookup(def, &ctx, turn) {
             return Some(name);
         }
-        let uname = up.stmts.insert(def.clone(), turn);
+        let uname = up.stmts.insert(def.clone(), ctx.clone(), turn);
         wire::parse(&mut up.outbuf, &uname, &def.query, &def.param_types);
         let victims = up.stmts.evict(turn);
-        let action = self.new_parse_slot(ParseSlot { def: def.clone(), created: Some(uname.clone()), session: None });
+        let action =
+            self.new_parse_slot(ParseSlot { def: def.clone(), ctx, created: Some(uname.clone()), session: None });
         self.replies.push_with(Owner::Session(id), b'P', Disposition::HideOk, action, None);
         self.close_upstream_statements(id, victims);
         Some(uname)
@@ -194,12 +215,15 @@ impl Worker {
         let Some((portal, stmt, rest)) = wire::split_bind(body) else { return self.forward(id, b'B', msg) };
         if stmt.is_empty() {
             self.ensure_unnamed(idx, id);
+            let effects = self.session(idx).and_then(|s| s.unnamed.as_ref().map(|d| d.effects)).unwrap_or(0);
+            self.note_effects(idx, effects);
             return self.forward(id, b'B', msg);
         }
         let Some(def) = self.session(idx).and_then(|s| s.prepared.get(stmt).cloned()) else {
             return self.fail_like_postgres(id, "26000", &format!("prepared statement \"{stmt}\" does not exist"));
         };
-        let Some(uname) = self.ensure_upstream_statement(id, &def) else { return };
+        self.note_effects(idx, def.effects);
+        let Some(uname) = self.ensure_upstream_statement(idx, id, &def) else { return };
         if let Some(up) = self.upstream.as_mut() {
             wire::renamed(&mut up.outbuf, b'B', portal, &uname, rest);
         }
@@ -238,33 +262,11 @@ impl Worker {
         let Some(def) = self.session(idx).and_then(|s| s.prepared.get(name).cloned()) else {
             return self.fail_like_postgres(id, "26000", &format!("prepared statement \"{name}\" does not exist"));
         };
-        let Some(uname) = self.ensure_upstream_statement(id, &def) else { return };
+        let Some(uname) = self.ensure_upstream_statement(idx, id, &def) else { return };
         if let Some(up) = self.upstream.as_mut() {
             wire::renamed(&mut up.outbuf, b'D', b"S", &uname, &[]);
         }
         self.replies.push(Owner::Session(id), b'D', Disposition::Forward);
-    }
-
-    /// Statements that may change settings (or reset them) mark the session so the settings are read back.
-    fn note_sql_effects(&mut self, idx: usize, text: &str) {
-        let mut dirty = false;
-        for st in sql::statements(text) {
-            match st.kind {
-                SqlKind::Set { .. }
-                | SqlKind::SetFromCurrent { .. }
-                | SqlKind::Reset { .. }
-                | SqlKind::ResetAll
-                | SqlKind::Role { .. }
-                | SqlKind::CallsSetConfig
-                | SqlKind::Discard(DiscardKind::All) => dirty = true,
-                _ => {}
-            }
-        }
-        if dirty {
-            if let Some(s) = self.session(idx) {
-                s.settings_dirty = true;
-            }
-        }
     }
 
     fn client_query(&mut self, idx: usize, id: u64, msg: &[u8], body: &[u8]) {
@@ -281,18 +283,33 @@ impl Worker {
         let mut dirty = false;
         let mut protocol_needed: Vec<Rc<StmtDef>> = Vec::new();
         let stmts = sql::statements(text);
+        let baseline = self.session(idx).map(|s| s.baseline.clone()).unwrap_or_default();
+        let ctx = self.session(idx).map(|s| s.ctx.clone()).unwrap_or_else(|| Rc::from(""));
+        // Names PREPAREd (Some: their upstream name) or DEALLOCATEd (None) earlier in this same Query.
+        let mut local: HashMap<String, Option<String>> = HashMap::new();
         for (i, st) in stmts.iter().enumerate() {
             match &st.kind {
                 SqlKind::Set { .. }
                 | SqlKind::SetFromCurrent { .. }
-                | SqlKind::Reset { .. }
                 | SqlKind::Role { .. }
                 | SqlKind::CallsSetConfig => dirty = true,
+                SqlKind::Reset { name } => {
+                    dirty = true;
+                    // RESET goes back to the session's startup value, which the upstream holds only as a SET.
+                    if let Some((n, v)) = baseline.iter().find(|(n, _)| *n == *name.value) {
+                        inserted.push((i + 1, settings::set_statement(n, v)));
+                    }
+                }
                 SqlKind::ResetAll => {
                     dirty = true;
                     plan.actions.push((i, PlanAction::ResetAll));
+                    for (n, v) in &baseline {
+                        inserted.push((i + 1, settings::set_statement(n, v)));
+                    }
                 }
                 SqlKind::Discard(DiscardKind::All) => {
+                    // Nothing can follow DISCARD ALL in the same Query (it refuses transaction blocks), so the
+                    // startup values come back at the session's next turn.
                     dirty = true;
                     plan.actions.push((i, PlanAction::ResetAll));
                     plan.actions.push((i, PlanAction::DeallocateAll { discard: true }));
@@ -303,40 +320,59 @@ impl Worker {
                 SqlKind::Prepare { name, .. } => {
                     let client = name.value.to_string();
                     let Some(s) = self.session(idx) else { continue };
-                    let (uname, fresh) = match s.sql_prepared.get(&client) {
-                        // Already exists: let PostgreSQL say so, about a name it knows.
-                        Some(existing) => (existing.upstream_name.clone(), false),
+                    let existing = match local.get(&client) {
+                        Some(Some(uname)) => Some((uname.clone(), None)),
+                        Some(None) => None,
+                        None => s.sql_prepared.get(&client).map(|p| (p.upstream_name.clone(), Some(p.clone()))),
+                    };
+                    let uname = match existing {
+                        // Already exists: let PostgreSQL say so, about a statement it has (prepared again first
+                        // if the upstream lost it).
+                        Some((uname, stale)) => {
+                            if let Some(p) = stale.filter(|p| p.generation != generation) {
+                                inserted.push((i, format!("PREPARE {} {}", p.upstream_name, p.rest)));
+                                if let Some(e) = self.session(idx).and_then(|s| s.sql_prepared.get_mut(&client)) {
+                                    e.generation = generation;
+                                }
+                            }
+                            uname
+                        }
                         None => {
                             s.sql_counter += 1;
                             // Session id and worker make it unique upstream even after the session moved.
-                            (format!("pgmuxq_{}_{}_{}", id, worker, s.sql_counter), true)
+                            let uname = format!("pgmuxq_{}_{}_{}", id, worker, s.sql_counter);
+                            let rest = text.get(name.span.end..st.span.end).unwrap_or_default().to_string();
+                            let prepared = SqlPrepared { upstream_name: uname.clone(), rest, generation };
+                            plan.actions.push((i, PlanAction::AddSql(client.clone(), prepared)));
+                            local.insert(client, Some(uname.clone()));
+                            uname
                         }
                     };
-                    let rest = text.get(name.span.end..st.span.end).unwrap_or_default().to_string();
-                    edits.push((name.span.clone(), uname.clone()));
-                    if fresh {
-                        let prepared = SqlPrepared { upstream_name: uname, rest, generation };
-                        plan.actions.push((i, PlanAction::AddSql(client, prepared)));
-                    }
+                    edits.push((name.span.clone(), uname));
                 }
                 SqlKind::Execute { name } => {
                     let client = name.value.to_string();
+                    if let Some(known) = local.get(&client) {
+                        if let Some(uname) = known {
+                            edits.push((name.span.clone(), uname.clone()));
+                        }
+                        continue;
+                    }
                     let Some(s) = self.session(idx) else { continue };
                     if let Some(p) = s.sql_prepared.get(&client).cloned() {
                         if p.generation != generation {
                             // The upstream lost it (reconnect, DISCARD ALL): prepare it again right before.
                             inserted.push((i, format!("PREPARE {} {}", p.upstream_name, p.rest)));
-                            if let Some(s) = self.session(idx) {
-                                if let Some(e) = s.sql_prepared.get_mut(&client) {
-                                    e.generation = generation;
-                                }
+                            if let Some(e) = self.session(idx).and_then(|s| s.sql_prepared.get_mut(&client)) {
+                                e.generation = generation;
                             }
                         }
                         edits.push((name.span.clone(), p.upstream_name));
                     } else if let Some(def) = s.prepared.get(client.as_str()).cloned() {
                         // A protocol-level statement run with EXECUTE: use its shared upstream statement.
                         protocol_needed.push(def.clone());
-                        if let Some(uname) = self.upstream.as_mut().and_then(|u| u.stmts.lookup(&def, self.turn)) {
+                        let turn = self.turn;
+                        if let Some(uname) = self.upstream.as_mut().and_then(|u| u.stmts.lookup(&def, &ctx, turn)) {
                             edits.push((name.span.clone(), uname.to_string()));
                         }
                     }
@@ -344,9 +380,14 @@ impl Worker {
                 SqlKind::Deallocate { name: Some(name) } => {
                     let client = name.value.to_string();
                     let Some(s) = self.session(idx) else { continue };
-                    if let Some(p) = s.sql_prepared.get(&client) {
-                        edits.push((name.span.clone(), p.upstream_name.clone()));
-                        plan.actions.push((i, PlanAction::RemoveSql(client)));
+                    let known = match local.get(&client) {
+                        Some(k) => k.clone(),
+                        None => s.sql_prepared.get(&client).map(|p| p.upstream_name.clone()),
+                    };
+                    if let Some(uname) = known {
+                        edits.push((name.span.clone(), uname));
+                        plan.actions.push((i, PlanAction::RemoveSql(client.clone())));
+                        local.insert(client, None);
                     } else if s.prepared.contains_key(client.as_str()) {
                         // The upstream statement may be shared: deallocate a throwaway one instead, so the client
                         // still gets its DEALLOCATE, and drop only the session's name.
@@ -366,7 +407,7 @@ impl Worker {
         }
         for def in protocol_needed {
             // Prepared before the Query runs; its name was looked up above, so it is only missing when new here.
-            let _ = self.ensure_upstream_statement(id, &def);
+            let _ = self.ensure_upstream_statement(idx, id, &def);
         }
         if edits.is_empty() && inserted.is_empty() && plan.actions.is_empty() {
             return self.forward(id, b'Q', msg);
@@ -426,14 +467,7 @@ impl Worker {
                     s.sql_prepared.clear();
                     s.unnamed = None;
                 }
-                if let Some(up) = self.upstream.as_mut() {
-                    up.stmts.clear();
-                    up.generation += 1;
-                    if discard {
-                        up.applied.clear();
-                        up.applied_for = None;
-                    }
-                }
+                self.upstream_deallocated(discard);
             }
             PlanAction::ResetAll => {
                 if let Some(s) = session {
@@ -458,6 +492,33 @@ impl Worker {
         }
     }
 
+    /// Every prepared statement of the upstream is gone (and with DISCARD ALL, every setting): other sessions'
+    /// statements will be prepared again when they next use them.
+    fn upstream_deallocated(&mut self, discard: bool) {
+        let next = self.next_generation;
+        if let Some(up) = self.upstream.as_mut() {
+            up.stmts.clear();
+            up.generation = next;
+            if discard {
+                up.applied.clear();
+                up.applied_for = None;
+            }
+        }
+        self.next_generation += 1;
+    }
+
+    /// DEALLOCATE ALL or DISCARD ALL, run through the extended protocol by session `id`, has completed.
+    pub(super) fn deallocated_all(&mut self, id: u64) {
+        if let Some(s) = self.by_id.get(&id).copied().and_then(|i| self.session(i)) {
+            s.prepared.clear();
+            s.sql_prepared.clear();
+            s.unnamed = None;
+        }
+        // Settings are left alone here: DISCARD ALL also marks the session's settings for a read-back, which
+        // replaces what pgmux believes the upstream has with what it really has.
+        self.upstream_deallocated(false);
+    }
+
     /// A Parse pgmux sent or answered has been answered (`ok`) or failed/skipped.
     pub(super) fn parse_settled(&mut self, slot: u32, ok: bool) {
         let Some(p) = self.parse_slots.remove(&slot) else { return };
@@ -465,9 +526,10 @@ impl Worker {
             return;
         }
         if let (Some(up), Some(uname)) = (self.upstream.as_mut(), p.created.as_ref()) {
-            up.stmts.forget(&p.def, uname);
+            up.stmts.forget(&p.def, &p.ctx, uname);
         }
         if let Some((session_id, name)) = p.session {
+            let _ = &p.ctx;
             if let Some(s) = self.by_id.get(&session_id).copied().and_then(|i| self.session(i)) {
                 if s.prepared.get(&*name).is_some_and(|d| Rc::ptr_eq(d, &p.def)) {
                     s.prepared.remove(&*name);
@@ -527,6 +589,15 @@ fn rewrite(
         new_index += 1;
     }
     out.push_str(text.get(pos..).unwrap_or_default());
+    // Statements added after the last one; the newline ends a trailing `--` comment first.
+    for (i, extra) in inserted {
+        if *i >= stmts.len() {
+            out.push_str("\n;");
+            out.push_str(extra);
+            hidden.push(new_index);
+            new_index += 1;
+        }
+    }
     (out, mapping)
 }
 
@@ -550,6 +621,17 @@ mod tests {
         assert_eq!(out, "PREPARE pgmuxq_1_1 AS SELECT 1; PREPARE x AS SELECT 2;\nEXECUTE pgmuxq_1_1; SELECT 'foo'");
         assert_eq!(hidden, vec![1]);
         assert_eq!(mapping, vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn rewrite_appends_after_the_last_statement() {
+        let text = "RESET work_mem -- back";
+        let stmts = sql::statements(text);
+        let mut hidden = Vec::new();
+        let inserted = vec![(1, "SET work_mem TO '8MB'".to_string())];
+        let (out, mapping) = rewrite(text, &stmts, &[], &inserted, &mut hidden);
+        assert_eq!(out, "RESET work_mem -- back\n;SET work_mem TO '8MB'");
+        assert_eq!((hidden, mapping), (vec![1], vec![0]));
     }
 
     #[test]

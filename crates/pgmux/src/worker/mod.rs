@@ -94,9 +94,18 @@ enum Job {
 }
 
 /// The settings a session has on its upstream: everything set at session level (pgmux applies a session's settings
-/// with set_config, so they are 'session' too). `setting` is in base units, which set_config accepts back.
-const SETTINGS_PROBE: &str =
-    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' AND name <> 'is_superuser'";
+/// with set_config, so they are 'session' too), plus role and session authorization, which pg_settings hides.
+/// `setting` is in base units, which set_config accepts back.
+fn settings_probe(login_user: &str) -> String {
+    format!(
+        "SELECT lower(name), setting FROM pg_catalog.pg_settings WHERE source = 'session' \
+         AND name NOT IN ('is_superuser', 'role', 'session_authorization') \
+         UNION ALL SELECT 'role', current_setting('role') WHERE current_setting('role') <> 'none' \
+         UNION ALL SELECT 'session_authorization', current_setting('session_authorization') \
+         WHERE current_setting('session_authorization') <> {}",
+        pgmux_proto::sql::quote_literal(login_user)
+    )
+}
 
 struct Worker {
     ctx: WorkerContext,
@@ -141,6 +150,7 @@ struct Worker {
     owner_active_at: Instant,
     /// Other workers may exist for this pool, so waiting sessions can move.
     can_migrate: bool,
+    settings_probe: String,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -178,7 +188,7 @@ impl Worker {
             pool_mode: db.pool_mode,
             addr: Address::new(&db.host, db.port),
             login_params: vec![("user".into(), login_user.clone()), ("database".into(), dbname)],
-            login_user,
+            login_user: login_user.clone(),
             credential,
             ctx,
             poll,
@@ -209,6 +219,7 @@ impl Worker {
             pending_deallocs: Vec::new(),
             owner_active_at: Instant::now(),
             can_migrate: db.pool_size > 1 && db.pool_mode != PoolMode::Session,
+            settings_probe: settings_probe(&login_user),
         })
     }
 
@@ -907,8 +918,8 @@ impl Worker {
 
     fn read_owner(&mut self) -> bool {
         let Some(idx) = self.owner else { return false };
-        if self.jobs.iter().any(|j| matches!(j, Job::Settings { .. })) {
-            // Its settings are being applied; its request waits in the kernel until they are.
+        if !self.jobs.is_empty() {
+            // Its settings are being applied or read back; its request waits in the kernel until that is done.
             return false;
         }
         let mut progress = false;
@@ -1072,6 +1083,7 @@ impl Worker {
         }
         s.settings_dirty = false;
         s.settings = settings;
+        s.refresh_ctx();
         if let Some(up) = self.upstream.as_mut() {
             up.applied = upstream_view;
             up.applied_for = in_step.then_some(session_id);
@@ -1090,10 +1102,20 @@ impl Worker {
         if s.passthrough > 0 || !s.inbuf.is_empty() || (s.readable && !s.turn_sent) {
             return;
         }
+        if s.pending_deallocate_all && status == b'I' {
+            // DEALLOCATE ALL / DISCARD ALL ran through the extended protocol during this turn.
+            let id = s.id;
+            if let Some(s) = self.session(idx) {
+                s.pending_deallocate_all = false;
+            }
+            self.deallocated_all(id);
+        }
+        let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
         if s.settings_dirty && self.pool_mode != PoolMode::Session && status == b'I' {
             let id = s.id;
             self.probe_rows.clear();
-            self.send_job_query(SETTINGS_PROBE, Job::SettingsProbe { session_id: id });
+            let probe = self.settings_probe.clone();
+            self.send_job_query(&probe, Job::SettingsProbe { session_id: id });
             return;
         }
         match self.pool_mode {

@@ -33,6 +33,10 @@ pub struct Session {
     /// SQL-level prepared statements (PREPARE), by the session's own names.
     pub sql_prepared: HashMap<String, SqlPrepared>,
     pub sql_counter: u64,
+    /// search_path and role as the session has them: statements are shared upstream only within one context.
+    pub ctx: Rc<str>,
+    /// Its turn ran DEALLOCATE ALL or DISCARD ALL through the extended protocol: applied when the turn ends.
+    pub pending_deallocate_all: bool,
     /// Client bytes read but not yet sent upstream: at most one partial message.
     pub inbuf: Vec<u8>,
     /// Bytes of a large client message still to stream upstream unbuffered.
@@ -60,7 +64,7 @@ pub struct Session {
 impl Session {
     pub fn new(record: SessionRecord, conn: Conn, settings: Vec<(String, String)>) -> Session {
         let label = format!("s{} {}@{}", record.session_id, record.user, record.client_addr);
-        Session {
+        let mut s = Session {
             id: record.session_id,
             record,
             conn,
@@ -72,6 +76,8 @@ impl Session {
             unnamed: None,
             sql_prepared: HashMap::new(),
             sql_counter: 0,
+            ctx: Rc::from(""),
+            pending_deallocate_all: false,
             inbuf: Vec::new(),
             passthrough: 0,
             out: Vec::new(),
@@ -84,7 +90,9 @@ impl Session {
             hup: false,
             label,
             arrived: std::time::Instant::now(),
-        }
+        };
+        s.refresh_ctx();
+        s
     }
 
     pub fn pending_out(&self) -> usize {
@@ -116,6 +124,16 @@ impl Session {
             slot.1 = value;
         } else {
             self.settings.push((name, value));
+        }
+        self.refresh_ctx();
+    }
+
+    /// Recompute the statement-sharing context from the settings.
+    pub fn refresh_ctx(&mut self) {
+        let get = |n: &str| self.settings.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap_or("");
+        let ctx = format!("{}\0{}\0{}", get("search_path"), get("role"), get("session_authorization"));
+        if *self.ctx != *ctx {
+            self.ctx = Rc::from(ctx);
         }
     }
 }
@@ -151,7 +169,7 @@ impl Session {
             self.baseline = r.baseline.clone();
         }
         for p in &r.prepared {
-            let def = Rc::new(StmtDef { query: p.query.as_str().into(), param_types: p.param_types.clone().into() });
+            let def = Rc::new(StmtDef::new(&p.query, &p.param_types));
             self.prepared.insert(p.name.as_str().into(), def);
         }
         for (name, upstream_name, rest) in &r.sql_prepared {

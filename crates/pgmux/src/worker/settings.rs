@@ -101,24 +101,36 @@ pub fn parse_options(s: &str) -> Vec<(String, String)> {
 /// SQL that takes an upstream from `current` to `wanted`, or None when they already agree.
 pub fn diff_sql(current: &HashMap<String, String>, wanted: &[(String, String)]) -> Option<String> {
     let mut sql = String::new();
-    // SET SESSION AUTHORIZATION resets the role, so it must come first and the role after it.
-    let rank = |n: &str| match n {
-        "session_authorization" => 0,
-        "role" => 1,
-        _ => 2,
-    };
-    let mut ordered: Vec<&(String, String)> = wanted.iter().collect();
-    ordered.sort_by_key(|(n, _)| rank(n));
-    for (name, value) in ordered {
+    let want = |n: &str| wanted.iter().find(|(k, _)| k == n).map(|(_, v)| v);
+    // Identity first: RESET SESSION AUTHORIZATION also resets the role, so when either differs both are reset and
+    // then set again, session authorization before role.
+    const IDENTITY: [&str; 2] = ["session_authorization", "role"];
+    if IDENTITY.iter().any(|n| current.get(*n) != want(n)) {
+        for n in IDENTITY {
+            if current.contains_key(n) {
+                sql.push_str("RESET ");
+                push_ident_path(&mut sql, n);
+                sql.push(';');
+            }
+        }
+        for n in IDENTITY {
+            if let Some(v) = want(n) {
+                push_set_config(&mut sql, n, v);
+            }
+        }
+    }
+    for (name, value) in wanted {
+        if IDENTITY.contains(&name.as_str()) {
+            continue;
+        }
         if current.get(name) != Some(value) {
-            sql.push_str("SELECT pg_catalog.set_config(");
-            push_literal(&mut sql, name);
-            sql.push_str(", ");
-            push_literal(&mut sql, value);
-            sql.push_str(", false);");
+            push_set_config(&mut sql, name, value);
         }
     }
     for name in current.keys() {
+        if IDENTITY.contains(&name.as_str()) {
+            continue;
+        }
         if !wanted.iter().any(|(n, _)| n == name) {
             sql.push_str("RESET ");
             push_ident_path(&mut sql, name);
@@ -130,6 +142,23 @@ pub fn diff_sql(current: &HashMap<String, String>, wanted: &[(String, String)]) 
     } else {
         Some(sql)
     }
+}
+
+fn push_set_config(sql: &mut String, name: &str, value: &str) {
+    sql.push_str("SELECT pg_catalog.set_config(");
+    push_literal(sql, name);
+    sql.push_str(", ");
+    push_literal(sql, value);
+    sql.push_str(", false);");
+}
+
+/// `SET name TO 'value'` for a setting (answered by a single CommandComplete, so it can be hidden in a Query).
+pub fn set_statement(name: &str, value: &str) -> String {
+    let mut sql = String::from("SET ");
+    push_ident_path(&mut sql, name);
+    sql.push_str(" TO ");
+    push_literal(&mut sql, value);
+    sql
 }
 
 /// A string literal that means the same whatever standard_conforming_strings is.
@@ -214,6 +243,22 @@ mod tests {
         cur.insert("application_name".to_string(), "x".to_string());
         assert_eq!(diff_sql(&cur, &s(&[("application_name", "x")])), None);
         assert_eq!(diff_sql(&HashMap::new(), &[]), None);
+    }
+
+    #[test]
+    fn identity_changes_reset_both_then_set_in_order() {
+        let mut cur = HashMap::new();
+        cur.insert("role".to_string(), "bob".to_string());
+        let sql = diff_sql(&cur, &[]).unwrap_or_default();
+        assert_eq!(sql, "RESET \"role\";");
+        let sql = diff_sql(&cur, &s(&[("role", "carol"), ("session_authorization", "alice")])).unwrap_or_default();
+        assert_eq!(
+            sql,
+            "RESET \"role\";SELECT pg_catalog.set_config('session_authorization', 'alice', false);\
+             SELECT pg_catalog.set_config('role', 'carol', false);"
+        );
+        assert_eq!(diff_sql(&cur, &s(&[("role", "bob")])), None);
+        assert_eq!(set_statement("work_mem", "8MB"), "SET \"work_mem\" TO '8MB'");
     }
 
     #[test]

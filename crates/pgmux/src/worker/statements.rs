@@ -16,7 +16,46 @@ use std::rc::Rc;
 pub struct StmtDef {
     pub query: Box<str>,
     pub param_types: Box<[u32]>,
+    /// What running it may do to session state (`EFFECT_*`), derived from the text once.
+    pub effects: u8,
 }
+
+/// Running it may change settings (SET, RESET, set_config, SET ROLE).
+pub const EFFECT_SETTINGS: u8 = 1;
+/// Running it deallocates every prepared statement (DEALLOCATE ALL, DISCARD ALL).
+pub const EFFECT_DEALLOCATE_ALL: u8 = 2;
+/// Running it resets every setting (RESET ALL, DISCARD ALL).
+pub const EFFECT_RESET_ALL: u8 = 4;
+
+impl StmtDef {
+    pub fn new(query: &str, param_types: &[u32]) -> StmtDef {
+        StmtDef { query: query.into(), param_types: param_types.into(), effects: effects_of(query) }
+    }
+}
+
+/// The session-state effects of a statement text.
+pub fn effects_of(query: &str) -> u8 {
+    use pgmux_proto::sql::{self, DiscardKind, Kind};
+    if !sql::may_be_interesting(query) {
+        return 0;
+    }
+    let mut e = 0;
+    for st in sql::statements(query) {
+        e |= match st.kind {
+            Kind::Set { .. } | Kind::SetFromCurrent { .. } | Kind::Reset { .. } | Kind::Role { .. } => EFFECT_SETTINGS,
+            Kind::CallsSetConfig => EFFECT_SETTINGS,
+            Kind::ResetAll => EFFECT_SETTINGS | EFFECT_RESET_ALL,
+            Kind::Discard(DiscardKind::All) => EFFECT_SETTINGS | EFFECT_RESET_ALL | EFFECT_DEALLOCATE_ALL,
+            Kind::Deallocate { name: None } => EFFECT_DEALLOCATE_ALL,
+            _ => 0,
+        };
+    }
+    e
+}
+
+/// A statement is shared between sessions only when its text, types and the settings that decide what its names
+/// refer to (search_path, role) are the same.
+type Key = (Rc<StmtDef>, Rc<str>);
 
 #[derive(Debug)]
 struct Cached {
@@ -27,7 +66,7 @@ struct Cached {
 /// The statements one upstream has, by definition.
 #[derive(Debug)]
 pub struct UpstreamStatements {
-    by_def: HashMap<Rc<StmtDef>, Cached>,
+    by_def: HashMap<Key, Cached>,
     next_id: u64,
     capacity: usize,
     /// The definition currently held by the upstream's unnamed statement, if pgmux knows it.
@@ -39,25 +78,26 @@ impl UpstreamStatements {
         UpstreamStatements { by_def: HashMap::new(), next_id: 1, capacity: capacity.max(1), unnamed: None }
     }
 
-    /// The upstream name of `def`, marking it used in `turn`.
-    pub fn lookup(&mut self, def: &StmtDef, turn: u64) -> Option<Rc<str>> {
-        let c = self.by_def.get_mut(def)?;
+    /// The upstream name of `def` prepared under `ctx`, marking it used in `turn`.
+    pub fn lookup(&mut self, def: &Rc<StmtDef>, ctx: &Rc<str>, turn: u64) -> Option<Rc<str>> {
+        let c = self.by_def.get_mut(&(def.clone(), ctx.clone()))?;
         c.last_used = turn;
         Some(c.name.clone())
     }
 
     /// Choose an upstream name for a definition about to be prepared (assumed to succeed; `forget` undoes it).
-    pub fn insert(&mut self, def: Rc<StmtDef>, turn: u64) -> Rc<str> {
+    pub fn insert(&mut self, def: Rc<StmtDef>, ctx: Rc<str>, turn: u64) -> Rc<str> {
         let name: Rc<str> = Rc::from(format!("pgmux_{}", self.next_id));
         self.next_id += 1;
-        self.by_def.insert(def, Cached { name: name.clone(), last_used: turn });
+        self.by_def.insert((def, ctx), Cached { name: name.clone(), last_used: turn });
         name
     }
 
     /// The Parse for this definition failed or was skipped: the upstream does not have it.
-    pub fn forget(&mut self, def: &StmtDef, name: &str) {
-        if self.by_def.get(def).is_some_and(|c| &*c.name == name) {
-            self.by_def.remove(def);
+    pub fn forget(&mut self, def: &Rc<StmtDef>, ctx: &Rc<str>, name: &str) {
+        let key = (def.clone(), ctx.clone());
+        if self.by_def.get(&key).is_some_and(|c| &*c.name == name) {
+            self.by_def.remove(&key);
         }
     }
 
@@ -67,8 +107,8 @@ impl UpstreamStatements {
         if excess == 0 {
             return Vec::new();
         }
-        let mut candidates: Vec<(u64, Rc<StmtDef>)> =
-            self.by_def.iter().filter(|(_, c)| c.last_used < turn).map(|(d, c)| (c.last_used, d.clone())).collect();
+        let mut candidates: Vec<(u64, Key)> =
+            self.by_def.iter().filter(|(_, c)| c.last_used < turn).map(|(k, c)| (c.last_used, k.clone())).collect();
         candidates.sort_by_key(|(used, _)| *used);
         let mut out = Vec::new();
         for (_, def) in candidates.into_iter().take(excess) {
@@ -142,34 +182,53 @@ mod tests {
     use super::*;
 
     fn def(q: &str) -> Rc<StmtDef> {
-        Rc::new(StmtDef { query: q.into(), param_types: Box::new([23]) })
+        Rc::new(StmtDef::new(q, &[23]))
+    }
+
+    fn ctx(s: &str) -> Rc<str> {
+        Rc::from(s)
     }
 
     #[test]
-    fn shared_by_definition() {
+    fn shared_by_definition_and_context() {
         let mut c = UpstreamStatements::new(10);
-        assert!(c.lookup(&def("select 1"), 1).is_none());
-        let n = c.insert(def("select 1"), 1);
-        assert_eq!(c.lookup(&def("select 1"), 2).as_deref(), Some(&*n));
+        let x = ctx("public");
+        assert!(c.lookup(&def("select 1"), &x, 1).is_none());
+        let n = c.insert(def("select 1"), x.clone(), 1);
+        assert_eq!(c.lookup(&def("select 1"), &x, 2).as_deref(), Some(&*n));
         // Same text, other parameter types: another statement.
-        let other = StmtDef { query: "select 1".into(), param_types: Box::new([]) };
-        assert!(c.lookup(&other, 2).is_none());
-        c.forget(&def("select 1"), &n);
-        assert!(c.lookup(&def("select 1"), 3).is_none());
+        let other = Rc::new(StmtDef::new("select 1", &[]));
+        assert!(c.lookup(&other, &x, 2).is_none());
+        // Same text under another search_path: another statement.
+        assert!(c.lookup(&def("select 1"), &ctx("s2"), 2).is_none());
+        c.forget(&def("select 1"), &x, &n);
+        assert!(c.lookup(&def("select 1"), &x, 3).is_none());
+    }
+
+    #[test]
+    fn effects_are_derived_from_the_text() {
+        assert_eq!(StmtDef::new("select 1", &[]).effects, 0);
+        assert_eq!(StmtDef::new("SET work_mem = '1MB'", &[]).effects, EFFECT_SETTINGS);
+        assert_eq!(StmtDef::new("deallocate all", &[]).effects, EFFECT_DEALLOCATE_ALL);
+        assert_eq!(
+            StmtDef::new("DISCARD ALL", &[]).effects,
+            EFFECT_SETTINGS | EFFECT_RESET_ALL | EFFECT_DEALLOCATE_ALL
+        );
     }
 
     #[test]
     fn eviction_spares_the_current_turn() {
         let mut c = UpstreamStatements::new(2);
-        let a = c.insert(def("a"), 1);
-        c.insert(def("b"), 2);
-        c.insert(def("c"), 3);
+        let x = ctx("");
+        let a = c.insert(def("a"), x.clone(), 1);
+        c.insert(def("b"), x.clone(), 2);
+        c.insert(def("c"), x.clone(), 3);
         assert_eq!(c.evict(3), vec![a]);
         assert_eq!(c.len(), 2);
-        c.insert(def("d"), 3);
+        c.insert(def("d"), x.clone(), 3);
         // "b" (turn 2) goes; "c" and "d" were used in turn 3.
         assert_eq!(c.evict(3).len(), 1);
-        assert!(c.lookup(&def("b"), 3).is_none());
+        assert!(c.lookup(&def("b"), &x, 3).is_none());
     }
 
     #[test]
