@@ -144,8 +144,7 @@ fn psql_as(p: &Pgmux, user: &str, password: &str, sql: &str) -> Output {
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(Stdio::null());
-    let out = within(LIMIT, "psql", move || cmd.output().expect("spawn psql"));
-    out
+    within(LIMIT, "psql", move || cmd.output().expect("spawn psql"))
 }
 
 fn psql_ok(p: &Pgmux, user: &str, password: &str) {

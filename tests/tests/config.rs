@@ -287,7 +287,7 @@ fn broken_files_are_refused_naming_the_file() {
     expect_refusal(&s, "syntax error", &[p], &[p, "line"]);
 
     // No databases at all.
-    let path = s.write("nodb.toml", &s.toml("", "").split("[databases").next().unwrap().to_string());
+    let path = s.write("nodb.toml", s.toml("", "").split("[databases").next().unwrap());
     let p = path.to_str().unwrap();
     expect_refusal(&s, "no databases", &[p], &[p, "databases"]);
 

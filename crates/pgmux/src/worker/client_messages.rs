@@ -108,13 +108,22 @@ impl Worker {
     fn client_parse(&mut self, idx: usize, id: u64, msg: &[u8], body: &[u8]) {
         let Ok(p) = fe::parse_parse(body) else { return self.forward(id, b'P', msg) };
         let turn = self.turn;
-        let def = Rc::new(StmtDef::new(p.query, &p.param_types));
+        // SQL-level PREPARE/EXECUTE/DEALLOCATE sent through the extended protocol (as psycopg and JDBC do) are
+        // renamed like in a simple Query.
+        let renamed = if sql::may_be_interesting(p.query) { self.rename_sql_in_parse(idx, id, p.query) } else { None };
+        let query = renamed.as_deref().unwrap_or(p.query);
+        let def = Rc::new(StmtDef::new(query, &p.param_types));
         if p.name.is_empty() {
             if let Some(s) = self.session(idx) {
                 s.unnamed = Some(def.clone());
             }
             if let Some(up) = self.upstream.as_mut() {
                 up.stmts.unnamed = Some(def);
+                if renamed.is_some() {
+                    wire::parse(&mut up.outbuf, "", query, &p.param_types);
+                    self.replies.push(Owner::Session(id), b'P', Disposition::Forward);
+                    return;
+                }
             }
             return self.forward(id, b'P', msg);
         }
@@ -138,7 +147,7 @@ impl Worker {
             self.replies.push_synth(Owner::Session(id), reply, action);
         } else {
             let uname = up.stmts.insert(def.clone(), ctx.clone(), turn);
-            wire::parse(&mut up.outbuf, &uname, p.query, &p.param_types);
+            wire::parse(&mut up.outbuf, &uname, query, &p.param_types);
             let victims = up.stmts.evict(turn);
             let action = self.new_parse_slot(ParseSlot {
                 def: def.clone(),
@@ -151,6 +160,69 @@ impl Worker {
         }
         if let Some(s) = self.session(idx) {
             s.prepared.insert(name.into(), def);
+        }
+    }
+
+    /// Rename the prepared-statement name of a single SQL-level PREPARE, EXECUTE or DEALLOCATE in a Parse's text.
+    /// The session's map changes when the Parse is sent (not when it runs): a PREPARE parsed but never run, or
+    /// one that fails, still reserves the name, and a DEALLOCATE parsed but not run still forgets it.
+    fn rename_sql_in_parse(&mut self, idx: usize, id: u64, text: &str) -> Option<String> {
+        let stmts = sql::statements(text);
+        let [st] = stmts.as_slice() else { return None };
+        let generation = self.upstream.as_ref().map(|u| u.generation).unwrap_or(0);
+        let worker = self.ctx.index;
+        let (span, uname) = match &st.kind {
+            SqlKind::Prepare { name, .. } => {
+                let client = name.value.to_string();
+                let s = self.session(idx)?;
+                let uname = match s.sql_prepared.get(&client) {
+                    Some(p) => p.upstream_name.clone(),
+                    None => {
+                        s.sql_counter += 1;
+                        let uname = format!("pgmuxq_{}_{}_{}", id, worker, s.sql_counter);
+                        let rest = text.get(name.span.end..st.span.end).unwrap_or_default().to_string();
+                        let p = SqlPrepared { upstream_name: uname.clone(), rest, generation };
+                        s.sql_prepared.insert(client, p);
+                        uname
+                    }
+                };
+                (name.span.clone(), uname)
+            }
+            SqlKind::Execute { name } => {
+                let client = name.value.to_string();
+                let p = self.session(idx)?.sql_prepared.get(&client).cloned()?;
+                if p.generation != generation {
+                    // The upstream lost it: prepare it again first, out of the client's sight.
+                    self.hidden_statement(id, &format!("PREPARE {} {}", p.upstream_name, p.rest));
+                    if let Some(e) = self.session(idx).and_then(|s| s.sql_prepared.get_mut(&client)) {
+                        e.generation = generation;
+                    }
+                }
+                (name.span.clone(), p.upstream_name)
+            }
+            SqlKind::Deallocate { name: Some(name) } => {
+                let client = name.value.to_string();
+                let p = self.session(idx)?.sql_prepared.remove(&client)?;
+                (name.span.clone(), p.upstream_name)
+            }
+            _ => return None,
+        };
+        let mut out = String::with_capacity(text.len() + 32);
+        out.push_str(text.get(..span.start)?);
+        out.push_str(&uname);
+        out.push_str(text.get(span.end..)?);
+        Some(out)
+    }
+
+    /// Run one statement through the unnamed statement before the session's next message, showing only errors.
+    fn hidden_statement(&mut self, id: u64, text: &str) {
+        let Some(up) = self.upstream.as_mut() else { return };
+        wire::parse(&mut up.outbuf, "", text, &[]);
+        wire::renamed(&mut up.outbuf, b'B', b"\0", "", b"\0\0\0\0\0\0");
+        fe::execute(&mut up.outbuf, "", 0);
+        up.stmts.unnamed = None;
+        for tag in [b'P', b'B', b'E'] {
+            self.replies.push(Owner::Session(id), tag, Disposition::HideOk);
         }
     }
 
