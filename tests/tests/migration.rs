@@ -119,3 +119,49 @@ fn moved_session_keeps_sql_prepared_statements() {
     });
     holder.batch_execute("COMMIT").unwrap();
 }
+
+/// A session with a temporary table keeps its upstream: its table is usable across transactions, invisible to
+/// every other session, untouched by another session's DISCARD TEMP, and gone from the backend once it leaves.
+#[test]
+fn temp_table_pins_its_upstream() {
+    let pg = Postgres::shared();
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "2"));
+    let mut a = pgmux.client("appdb", "bob");
+    a.batch_execute("CREATE TEMP TABLE pin_t (x int); INSERT INTO pin_t VALUES (1)").unwrap();
+    a.batch_execute("BEGIN; INSERT INTO pin_t VALUES (2); COMMIT").unwrap();
+    let a_pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    with_deadline(&pgmux, Duration::from_secs(60), || {
+        std::thread::scope(|scope| {
+            for i in 0..10 {
+                let pgmux = &pgmux;
+                scope.spawn(move || {
+                    let mut c = pgmux.client("appdb", "bob");
+                    for _ in 0..10 {
+                        let row = c.query_one("SELECT pg_backend_pid(), to_regclass('pin_t') IS NULL", &[]).unwrap();
+                        let (pid, invisible): (i32, bool) = (row.get(0), row.get(1));
+                        assert_ne!(pid, a_pid, "session {i} ran on the pinned backend");
+                        assert!(invisible, "session {i} sees another session's temp table");
+                    }
+                    if i == 0 {
+                        c.batch_execute("DISCARD TEMP").unwrap();
+                    }
+                });
+            }
+        });
+    });
+    let n: i64 = a.query_one("SELECT count(*) FROM pin_t", &[]).unwrap().get(0);
+    assert_eq!(n, 2, "the pinned session lost its temp table rows");
+    let again: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    assert_eq!(again, a_pid, "a pinned session changed backend");
+    drop(a);
+    // Once it has left, its backend is cleaned before anyone else uses it.
+    pgmux_tests::util::wait_until(Duration::from_secs(10), "the departed session's temp table to be dropped", || {
+        pg.psql_admin("appdb", "SELECT count(*) FROM pg_class WHERE relname = 'pin_t' AND relpersistence = 't'").trim()
+            == "0"
+    });
+    let mut b = pgmux.client("appdb", "bob");
+    for _ in 0..4 {
+        let gone: bool = b.query_one("SELECT to_regclass('pin_t') IS NULL", &[]).unwrap().get(0);
+        assert!(gone);
+    }
+}

@@ -7,8 +7,11 @@
 //! statements at top-level semicolons, and reading the few statements whose
 //! grammar matters (SET/RESET, PREPARE/EXECUTE/DEALLOCATE, DISCARD, CLOSE
 //! ALL, LISTEN/UNLISTEN, transaction control) closely enough to report the
-//! byte spans of the names in them (`classify`, `ident`). Everything is a
-//! pure function over `&str`, never panics, and runs in linear time.
+//! byte spans of the names in them (`classify`, `ident`). Apart from those,
+//! [`pins`] and [`unpins`] (`pin`) find statements that create or release
+//! state only the backend holds (temporary tables, WITH HOLD cursors,
+//! advisory locks, LOADed libraries). Everything is a pure function over
+//! `&str`, never panics, and runs in linear time.
 //!
 //! It runs on every query of every session, so the common case is kept
 //! cheap: [`may_be_interesting`] answers "certainly nothing here" without
@@ -26,6 +29,7 @@
 mod classify;
 mod ident;
 mod lex;
+mod pin;
 #[cfg(test)]
 mod tests;
 
@@ -182,6 +186,43 @@ pub fn may_be_interesting(sql: &str) -> bool {
             && keyword(b.get(start..end).unwrap_or_default()).is_some();
     }
     Pieces::new(sql, false).any(|p| p.first.is_some())
+}
+
+/// Backend-held state a statement text may create (bits).
+///
+/// A temporary object: `CREATE [OR REPLACE] [GLOBAL|LOCAL] {TEMP|TEMPORARY}
+/// ...` (except a TABLE with `ON COMMIT DROP`), `CREATE ... pg_temp.name`,
+/// `SELECT ... INTO [GLOBAL|LOCAL] {TEMP|TEMPORARY} [TABLE] name`.
+pub const PIN_TEMP: u8 = 1;
+/// `DECLARE name ... WITH HOLD ... FOR query`.
+pub const PIN_HOLD_CURSOR: u8 = 2;
+/// A call to pg_advisory_lock, pg_advisory_lock_shared,
+/// pg_try_advisory_lock or pg_try_advisory_lock_shared (not the `_xact_`
+/// variants), schema-qualified or not, in any case.
+pub const PIN_ADVISORY: u8 = 4;
+/// `LOAD 'library'`.
+pub const PIN_LOAD: u8 = 8;
+
+/// What backend-held state running `sql` (a simple Query of any number of
+/// statements, or the query of a Parse) may create: the OR of the `PIN_*`
+/// bits over its statements. Dollar-quoted bodies (DO blocks, function
+/// bodies) count as if their statements ran; string literals, comments and
+/// quoted identifiers never match a keyword.
+///
+/// 0 for the vast majority of queries, and cheap for them: unless the text
+/// contains "temp", "hold" or "advisory" (any case), or "load" where a
+/// statement could start with it, nothing is tokenised.
+pub fn pins(sql: &str) -> u8 {
+    pin::pins(sql)
+}
+
+/// What state the statements of `sql` release: `DISCARD ALL` →
+/// `PIN_TEMP | PIN_HOLD_CURSOR | PIN_ADVISORY`, `DISCARD TEMP|TEMPORARY` →
+/// `PIN_TEMP`, `CLOSE ALL` → `PIN_HOLD_CURSOR`, a call to
+/// pg_advisory_unlock_all() → `PIN_ADVISORY`. Calls inside dollar-quoted
+/// bodies do not count, since they may never run. The OR over statements.
+pub fn unpins(sql: &str) -> u8 {
+    pin::unpins(sql)
 }
 
 /// Quotes `s` as an identifier: always in double quotes, so that the value

@@ -227,11 +227,13 @@ impl Worker {
     }
 
     /// A statement is about to run: note what it may do to the session's state.
-    fn note_effects(&mut self, idx: usize, effects: u8) {
-        if effects == 0 {
+    fn note_effects(&mut self, idx: usize, def: &StmtDef) {
+        let (effects, pins, unpins) = (def.effects, def.pins, def.unpins);
+        if effects == 0 && pins == 0 && unpins == 0 {
             return;
         }
         let Some(s) = self.session(idx) else { return };
+        s.pins = (s.pins & !unpins) | pins;
         if effects & EFFECT_SETTINGS != 0 {
             s.settings_dirty = true;
         }
@@ -287,14 +289,15 @@ impl Worker {
         let Some((portal, stmt, rest)) = wire::split_bind(body) else { return self.forward(id, b'B', msg) };
         if stmt.is_empty() {
             self.ensure_unnamed(idx, id);
-            let effects = self.session(idx).and_then(|s| s.unnamed.as_ref().map(|d| d.effects)).unwrap_or(0);
-            self.note_effects(idx, effects);
+            if let Some(def) = self.session(idx).and_then(|s| s.unnamed.clone()) {
+                self.note_effects(idx, &def);
+            }
             return self.forward(id, b'B', msg);
         }
         let Some(def) = self.session(idx).and_then(|s| s.prepared.get(stmt).cloned()) else {
             return self.fail_like_postgres(id, "26000", &format!("prepared statement \"{stmt}\" does not exist"));
         };
-        self.note_effects(idx, def.effects);
+        self.note_effects(idx, &def);
         let Some(uname) = self.ensure_upstream_statement(idx, id, &def) else { return };
         if let Some(up) = self.upstream.as_mut() {
             wire::renamed(&mut up.outbuf, b'B', portal, &uname, rest);
@@ -343,6 +346,12 @@ impl Worker {
 
     fn client_query(&mut self, idx: usize, id: u64, msg: &[u8], body: &[u8]) {
         let Ok(text) = fe::parse_query(body) else { return self.forward(id, b'Q', msg) };
+        let (pins, unpins) = (sql::pins(text), sql::unpins(text));
+        if pins != 0 || unpins != 0 {
+            if let Some(s) = self.session(idx) {
+                s.pins = (s.pins & !unpins) | pins;
+            }
+        }
         if !sql::may_be_interesting(text) {
             return self.forward(id, b'Q', msg);
         }

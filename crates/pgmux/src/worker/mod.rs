@@ -129,6 +129,9 @@ struct Worker {
     queue: VecDeque<usize>,
     outbox: Outbox,
     needs_reset: bool,
+    /// A session that held backend state (temp tables, WITH HOLD cursors, advisory locks) left: clean the
+    /// upstream before anyone else uses it.
+    needs_unpin: bool,
     retry_at: Option<Instant>,
     retry_delay: Duration,
     last_connect_error: String,
@@ -204,6 +207,7 @@ impl Worker {
             queue: VecDeque::new(),
             outbox: Outbox::new(),
             needs_reset: false,
+            needs_unpin: false,
             retry_at: None,
             retry_delay: Duration::from_millis(250),
             last_connect_error: String::new(),
@@ -516,6 +520,12 @@ impl Worker {
         if self.pool_mode == PoolMode::Session {
             self.needs_reset = true;
         }
+        if s.pins & pgmux_proto::sql::PIN_LOAD != 0 {
+            // A loaded library cannot be unloaded.
+            self.drop_upstream("a session that LOADed a library left");
+        } else if s.pins != 0 {
+            self.needs_unpin = true;
+        }
     }
 
     fn cancel(&mut self, session_id: u64) {
@@ -588,6 +598,7 @@ impl Worker {
         self.job_error = None;
         self.stream_owner = None;
         self.needs_reset = false;
+        self.needs_unpin = false;
         if let Some(idx) = self.owner.take() {
             self.close_session(idx, reason, Some(("08006", &format!("pgmux: server connection lost: {reason}"))));
         }
@@ -1118,6 +1129,12 @@ impl Worker {
             self.send_job_query(&probe, Job::SettingsProbe { session_id: id });
             return;
         }
+        let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
+        if s.pins != 0 && status == b'I' {
+            // Backend-held state (temp tables, WITH HOLD cursors, advisory locks): the session keeps its upstream,
+            // and sessions waiting here move to other workers.
+            return;
+        }
         match self.pool_mode {
             PoolMode::Session => return,
             PoolMode::Statement if status != b'I' => {
@@ -1172,6 +1189,14 @@ impl Worker {
             }
             if up.txn_status != b'I' {
                 self.send_job_query("ROLLBACK", Job::Rollback);
+                return true;
+            }
+            if self.needs_unpin {
+                self.needs_unpin = false;
+                self.send_job_query(
+                    "DISCARD TEMP; CLOSE ALL; SELECT pg_catalog.pg_advisory_unlock_all()",
+                    Job::Cleanup,
+                );
                 return true;
             }
             if self.needs_reset {
@@ -1245,8 +1270,13 @@ impl Worker {
             return None;
         }
         let up = self.upstream.as_ref()?;
-        if up.txn_status == b'I' || !self.replies.is_empty() || !self.jobs.is_empty() {
+        if !self.replies.is_empty() || !self.jobs.is_empty() {
             return None; // the upstream is working; waiting is fair
+        }
+        let pinned =
+            self.owner.and_then(|o| self.sessions.get(o)).and_then(|s| s.as_ref()).is_some_and(|s| s.pins != 0);
+        if up.txn_status == b'I' && !pinned {
+            return None;
         }
         Some(self.owner_active_at + MIGRATE_AFTER)
     }

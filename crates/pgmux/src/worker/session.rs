@@ -37,6 +37,8 @@ pub struct Session {
     pub ctx: Rc<str>,
     /// Its turn ran DEALLOCATE ALL or DISCARD ALL through the extended protocol: applied when the turn ends.
     pub pending_deallocate_all: bool,
+    /// Backend-held state it may have created (`pgmux_proto::sql::PIN_*`): while non-zero it keeps its upstream.
+    pub pins: u8,
     /// Client bytes read but not yet sent upstream: at most one partial message.
     pub inbuf: Vec<u8>,
     /// Bytes of a large client message still to stream upstream unbuffered.
@@ -78,6 +80,7 @@ impl Session {
             sql_counter: 0,
             ctx: Rc::from(""),
             pending_deallocate_all: false,
+            pins: 0,
             inbuf: Vec::new(),
             passthrough: 0,
             out: Vec::new(),

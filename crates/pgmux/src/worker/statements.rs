@@ -18,6 +18,9 @@ pub struct StmtDef {
     pub param_types: Box<[u32]>,
     /// What running it may do to session state (`EFFECT_*`), derived from the text once.
     pub effects: u8,
+    /// Backend-held state running it may create or release (`pgmux_proto::sql::PIN_*`).
+    pub pins: u8,
+    pub unpins: u8,
 }
 
 /// Running it may change settings (SET, RESET, set_config, SET ROLE).
@@ -29,7 +32,13 @@ pub const EFFECT_RESET_ALL: u8 = 4;
 
 impl StmtDef {
     pub fn new(query: &str, param_types: &[u32]) -> StmtDef {
-        StmtDef { query: query.into(), param_types: param_types.into(), effects: effects_of(query) }
+        StmtDef {
+            query: query.into(),
+            param_types: param_types.into(),
+            effects: effects_of(query),
+            pins: pgmux_proto::sql::pins(query),
+            unpins: pgmux_proto::sql::unpins(query),
+        }
     }
 }
 

@@ -353,6 +353,128 @@ fn quoting_helpers() {
     }
 }
 
+#[test]
+fn pins_forms() {
+    const T: u8 = PIN_TEMP;
+    const H: u8 = PIN_HOLD_CURSOR;
+    const A: u8 = PIN_ADVISORY;
+    const L: u8 = PIN_LOAD;
+    let cases: &[(&str, u8)] = &[
+        ("CREATE TEMPORARY TABLE t (x int)", T),
+        ("create local temp table t (x int)", T),
+        ("CREATE GLOBAL TEMPORARY TABLE t (x int)", T),
+        ("CREATE TEMP VIEW v AS SELECT 1", T),
+        ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", T),
+        ("CREATE TEMP SEQUENCE s", T),
+        ("CREATE TEMP TABLE t AS SELECT 1", T),
+        ("create /* c */ Temp -- c\n table t (x int) on commit delete rows", T),
+        ("CREATE TEMP TABLE t (x int) ON COMMIT PRESERVE ROWS", T),
+        ("CREATE TEMP VIEW v AS SELECT 1 ON COMMIT DROP", T),
+        ("CREATE TABLE pg_temp.t (x int)", T),
+        ("CREATE FUNCTION pg_temp.f() RETURNS int AS 'select 1' LANGUAGE sql", T),
+        ("CREATE TABLE IF NOT EXISTS \"pg_temp\".t (x int)", T),
+        ("SELECT * INTO TEMP t FROM x", T),
+        ("SELECT * INTO TEMPORARY TABLE t FROM x", T),
+        ("select a into local temp \"T\" from x", T),
+        ("EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1", T),
+        ("SELECT 1; CREATE TEMP TABLE t (x int) ON COMMIT DROP; CREATE TEMP TABLE u (x int)", T),
+        ("DO $$BEGIN CREATE TEMP TABLE t (x int); END$$", T),
+        ("CREATE FUNCTION f() RETURNS void AS $f$ create temporary table t (x int) $f$ LANGUAGE sql", T),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", H),
+        ("declare c no scroll cursor with hold for select 1", H),
+        ("DECLARE c BINARY INSENSITIVE SCROLL CURSOR WITH /* c */ HOLD FOR SELECT 1", H),
+        ("SELECT pg_advisory_lock(1)", A),
+        ("select pg_catalog.pg_try_advisory_lock_shared(1,2)", A),
+        ("SELECT PG_ADVISORY_LOCK_SHARED /* c */ (1)", A),
+        ("SELECT pg_try_advisory_lock(1)", A),
+        ("SELECT \"pg_advisory_lock\"(1)", A),
+        ("SELECT 1 WHERE pg_try_advisory_lock(hashtext('x'))", A),
+        ("DO $$BEGIN PERFORM pg_advisory_lock(1); END$$", A),
+        ("SELECT $a$ $b$ select pg_advisory_lock(1) $b$ $a$", A),
+        ("LOAD 'auto_explain'", L),
+        ("load/**/'auto_explain'", L),
+        ("SELECT 1; LOAD 'auto_explain'", L),
+        ("DO $$BEGIN LOAD 'auto_explain'; END$$", L),
+        ("CREATE TEMP TABLE t (x int); SELECT pg_advisory_lock(1); LOAD 'x'", T | A | L),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT pg_advisory_lock(1)", H | A),
+        // Negatives.
+        ("", 0),
+        ("SELECT 1", 0),
+        ("CREATE TEMP TABLE t (x int) ON COMMIT DROP", 0),
+        ("create temporary table t on commit drop as select 1", 0),
+        ("CREATE TABLE pg_temp.t (x int) ON COMMIT DROP", 0),
+        ("SELECT pg_advisory_xact_lock(1)", 0),
+        ("SELECT pg_try_advisory_xact_lock_shared(1)", 0),
+        ("SELECT pg_advisory_unlock(1)", 0),
+        ("SELECT pg_advisory_lock FROM t", 0),
+        ("SELECT \"PG_ADVISORY_LOCK\"(1)", 0),
+        ("SELECT temperature FROM t", 0),
+        ("SELECT temp FROM t", 0),
+        ("SELECT 'create temp table'", 0),
+        ("SELECT 'select pg_advisory_lock(1)'", 0),
+        ("SELECT 1 -- pg_advisory_lock(1)", 0),
+        ("CREATE TABLE \"temp\" (x int)", 0),
+        ("CREATE TABLE temperatures (x int)", 0),
+        ("CREATE TABLE t AS SELECT a FROM pg_temp.x", 0),
+        ("SELECT * FROM pg_temp.t", 0),
+        ("INSERT INTO temp VALUES (1)", 0),
+        ("MERGE INTO temp t USING s ON t.a = s.a WHEN MATCHED THEN DELETE", 0),
+        ("SELECT * INTO temp FROM x", 0),
+        ("SELECT * INTO temporary_t FROM x", 0),
+        ("DECLARE c CURSOR FOR SELECT 1", 0),
+        ("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", 0),
+        ("DECLARE c CURSOR FOR WITH hold AS (SELECT 1) SELECT * FROM hold", 0),
+        ("SELECT 'with hold'", 0),
+        ("-- comment create temp table\nSELECT 1", 0),
+        ("/* DECLARE c CURSOR WITH HOLD FOR */ SELECT 1", 0),
+        ("SELECT load FROM t", 0),
+        ("SELECT 'LOAD x'; SELECT 1", 0),
+        ("SELECT download FROM t", 0),
+        ("DO 'x'; SELECT 1 AS hold", 0),
+    ];
+    for &(sql, want) in cases {
+        assert_eq!(pins(sql), want, "pins {sql:?}");
+        assert_eq!(pin::scan(sql, 0), want, "scan {sql:?}");
+    }
+}
+
+#[test]
+fn unpins_forms() {
+    const T: u8 = PIN_TEMP;
+    const H: u8 = PIN_HOLD_CURSOR;
+    const A: u8 = PIN_ADVISORY;
+    let cases: &[(&str, u8)] = &[
+        ("DISCARD TEMP", T),
+        ("discard temporary", T),
+        ("DISCARD ALL", T | H | A),
+        ("CLOSE ALL", H),
+        ("close /* c */ all", H),
+        ("SELECT pg_advisory_unlock_all()", A),
+        ("select pg_catalog.PG_ADVISORY_UNLOCK_ALL ()", A),
+        ("SELECT 1; DISCARD TEMP; CLOSE ALL", T | H),
+        ("", 0),
+        ("DISCARD PLANS", 0),
+        ("DISCARD SEQUENCES", 0),
+        ("CLOSE c", 0),
+        ("SELECT pg_advisory_unlock(1)", 0),
+        ("SELECT 'DISCARD ALL'", 0),
+        ("-- DISCARD ALL", 0),
+        ("SELECT 1 AS discard", 0),
+        ("DO $$BEGIN PERFORM pg_advisory_unlock_all(); END$$", 0),
+    ];
+    for &(sql, want) in cases {
+        assert_eq!(unpins(sql), want, "unpins {sql:?}");
+    }
+}
+
+/// The filter of [`pins`] is sound: whatever the precise scan finds, it
+/// lets through.
+fn check_pins(sql: &str) {
+    let precise = pin::scan(sql, 0);
+    assert_eq!(pins(sql), precise, "filter hid a pin in {sql:?}");
+    let _ = unpins(sql);
+}
+
 /// Random text from a token alphabet that stresses every quoting rule: no
 /// panic, spans in bounds and on char boundaries, may_be_interesting sound.
 #[test]
@@ -393,6 +515,19 @@ fn fuzz_token_soup() {
         "ALL",
         "\\0061",
         "*",
+        "CREATE ",
+        "TEMP ",
+        "TABLE ",
+        "ON COMMIT DROP ",
+        "INTO ",
+        "DECLARE ",
+        "WITH HOLD ",
+        "FOR ",
+        "pg_advisory_lock",
+        "pg_advisory_unlock_all",
+        "LOAD ",
+        "DISCARD ",
+        "CLOSE ",
     ];
     let mut rng = XorShift::new(0x5eed_5e77);
     let mut sql = String::new();
@@ -406,6 +541,7 @@ fn fuzz_token_soup() {
         let stmts = statements(&sql);
         check_invariants(&sql, &stmts);
         let _ = classify(&sql);
+        check_pins(&sql);
     }
 }
 
@@ -418,6 +554,7 @@ fn fuzz_random_text() {
         let sql = String::from_utf8_lossy(&bytes);
         check_invariants(&sql, &statements(&sql));
         let _ = classify(&sql);
+        check_pins(&sql);
     }
 }
 
@@ -434,10 +571,14 @@ fn linear_on_adversarial_input() {
         "SET ".to_string() + &"a.".repeat(n / 2) + "a = 1",
         "EXPLAIN ".to_string() + &"analyze ".repeat(n / 8),
         "SELECT ".to_string() + &"U&\"a\" ".repeat(n / 6) + "set_config",
+        "DECLARE ".repeat(n / 8) + "WITH HOLD",
+        "CREATE TEMP TABLE t ".repeat(n / 20),
+        "SELECT $$".to_string() + &"$a$ $b$ temp".repeat(n / 12),
     ] {
         let start = std::time::Instant::now();
         let stmts = statements(&sql);
         check_invariants(&sql, &stmts);
+        check_pins(&sql);
         assert!(start.elapsed().as_secs() < 5, "too slow on {}", sql.get(..20).unwrap_or(""));
     }
 }
