@@ -179,7 +179,11 @@ pub fn may_be_interesting(sql: &str) -> bool {
     if mentions_set_config(b) {
         return true;
     }
-    if !b.contains(&b';') {
+    // A single statement with a trailing semicolon (as pgbench and many drivers send) needs no tokenising.
+    let body =
+        b.iter().rposition(|&c| !c.is_ascii_whitespace() && c != b';').and_then(|i| b.get(..=i)).unwrap_or_default();
+    if !body.contains(&b';') {
+        let b = body;
         let start = skip_trivia(b, 0);
         let end = b.get(start..).map_or(start, |r| start + r.iter().take_while(|&&c| is_ident_cont(c)).count());
         return b.get(start).is_some_and(|&c| is_ident_start(c))

@@ -100,6 +100,10 @@ pub fn parse_options(s: &str) -> Vec<(String, String)> {
 
 /// SQL that takes an upstream from `current` to `wanted`, or None when they already agree.
 pub fn diff_sql(current: &HashMap<String, String>, wanted: &[(String, String)]) -> Option<String> {
+    // The common case, checked without allocating: every session of the pool has the same settings.
+    if current.len() == wanted.len() && wanted.iter().all(|(n, v)| current.get(n) == Some(v)) {
+        return None;
+    }
     let mut sql = String::new();
     let want = |n: &str| wanted.iter().find(|(k, _)| k == n).map(|(_, v)| v);
     // Identity first: RESET SESSION AUTHORIZATION also resets the role, so when either differs both are reset and
