@@ -11,6 +11,6 @@ pub mod pgmux;
 pub mod postgres;
 pub mod util;
 
-pub use crate::pgmux::{Pgmux, PgmuxConfig, DEFAULT_USERS};
+pub use crate::pgmux::{with_deadline, Pgmux, PgmuxConfig, DEFAULT_USERS};
 pub use crate::postgres::Postgres;
 pub use crate::util::{error_message, free_port, raw_connect, read_backend_message, startup_packet, wait_until};

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::postgres::{clear_pg_env, Postgres};
@@ -478,4 +479,38 @@ pub fn proc_table() -> Vec<ProcInfo> {
             Some(ProcInfo { pid, ppid, pgrp, comm })
         })
         .collect()
+}
+
+/// Runs `f` on a scoped thread; if it has not finished within `limit`, pgmux is SIGKILLed (its process group), so
+/// every client blocked on it sees EOF and `f` unwinds, and the test fails naming the deadline.
+pub fn with_deadline<R: Send>(pgmux: &Pgmux, limit: Duration, f: impl FnOnce() -> R + Send) -> R {
+    let (tx, rx) = mpsc::channel::<()>();
+    let pgid = pgmux.pid();
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || {
+            let r = f();
+            let _ = tx.send(());
+            r
+        });
+        let timed_out = match rx.recv_timeout(limit) {
+            Ok(()) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => false, // f panicked
+            Err(mpsc::RecvTimeoutError::Timeout) => true,
+        };
+        if timed_out {
+            eprintln!("test body exceeded {limit:?}; killing pgmux. Last pgmux log lines:\n{}", {
+                let log = pgmux.log();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            });
+            // SAFETY: kill has no memory-safety preconditions; the group was created for this pgmux.
+            unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
+            let _ = handle.join();
+            panic!("test body did not finish within {limit:?} (pgmux hung?)");
+        }
+        match handle.join() {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    })
 }

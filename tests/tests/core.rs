@@ -21,44 +21,11 @@ use pgmux_tests::util::{
     error_message, query_message, raw_connect, raw_send, read_backend_message, read_until_ready, startup_packet,
     with_length,
 };
-use pgmux_tests::{Pgmux, PgmuxConfig, Postgres};
+use pgmux_tests::{with_deadline, Pgmux, PgmuxConfig, Postgres};
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------------------------
-
-/// Runs `f` on a scoped thread; if it has not finished within `limit`, pgmux is SIGKILLed (its process group), so
-/// every client blocked on it sees EOF and `f` unwinds, and the test fails naming the deadline.
-fn with_deadline<R: Send>(pgmux: &Pgmux, limit: Duration, f: impl FnOnce() -> R + Send) -> R {
-    let (tx, rx) = mpsc::channel::<()>();
-    let pgid = pgmux.pid();
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(move || {
-            let r = f();
-            let _ = tx.send(());
-            r
-        });
-        let timed_out = match rx.recv_timeout(limit) {
-            Ok(()) => false,
-            Err(mpsc::RecvTimeoutError::Disconnected) => false, // f panicked
-            Err(mpsc::RecvTimeoutError::Timeout) => true,
-        };
-        if timed_out {
-            eprintln!(
-                "test body exceeded {limit:?}; killing pgmux. Last pgmux log lines:\n{}",
-                last_lines(&pgmux.log(), 80)
-            );
-            // SAFETY: kill has no memory-safety preconditions; the group was created for this pgmux.
-            unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
-            let _ = handle.join();
-            panic!("test body did not finish within {limit:?} (pgmux hung?)");
-        }
-        match handle.join() {
-            Ok(r) => r,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
 
 fn last_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

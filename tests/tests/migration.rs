@@ -1,33 +1,9 @@
 //! Sessions are not stuck behind a busy upstream: a session waiting on a worker whose upstream is held by another
 //! session's idle transaction moves to another worker of its pool, carrying its settings and prepared statements.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
-use pgmux_tests::{Pgmux, PgmuxConfig, Postgres};
-
-/// Fail (instead of hanging) when `f` does not finish in time: pgmux is killed so blocked clients see EOF.
-fn with_deadline<R: Send>(pgmux: &Pgmux, limit: Duration, f: impl FnOnce() -> R + Send) -> R {
-    let (tx, rx) = mpsc::channel::<()>();
-    let pgid = pgmux.pid();
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(move || {
-            let r = f();
-            let _ = tx.send(());
-            r
-        });
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-            // SAFETY: kill has no memory-safety preconditions; the process group belongs to this pgmux.
-            unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
-            let _ = handle.join();
-            panic!("did not finish within {limit:?} while another session held a transaction open");
-        }
-        match handle.join() {
-            Ok(r) => r,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
+use pgmux_tests::{with_deadline, Pgmux, PgmuxConfig, Postgres};
 
 fn backend_pids(pg: &Postgres, db: &str) -> usize {
     pg.psql_admin(

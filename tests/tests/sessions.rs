@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::sync::{Barrier, Mutex};
 use std::time::Duration;
 
@@ -24,36 +23,11 @@ use pgmux_tests::util::{
     error_field, error_message, query_message, raw_connect, raw_send, read_backend_message, read_until_ready,
     startup_packet_with, with_length,
 };
-use pgmux_tests::{Pgmux, PgmuxConfig, Postgres};
+use pgmux_tests::{with_deadline, Pgmux, PgmuxConfig, Postgres};
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------------------------
-
-/// Runs `f` on a scoped thread; past `limit` pgmux is SIGKILLed (its process group) so blocked clients see EOF, and
-/// the test fails naming the deadline.
-fn with_deadline<R: Send>(pgmux: &Pgmux, limit: Duration, f: impl FnOnce() -> R + Send) -> R {
-    let (tx, rx) = mpsc::channel::<()>();
-    let pgid = pgmux.pid();
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(move || {
-            let r = f();
-            let _ = tx.send(());
-            r
-        });
-        let timed_out = matches!(rx.recv_timeout(limit), Err(mpsc::RecvTimeoutError::Timeout));
-        if timed_out {
-            // SAFETY: kill has no memory-safety preconditions; the group was created for this pgmux.
-            unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
-            let _ = handle.join();
-            panic!("test body did not finish within {limit:?} (pgmux hung?)");
-        }
-        match handle.join() {
-            Ok(r) => r,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
 
 /// pgmux in transaction mode with `pool_size` upstreams per (database, user).
 fn start(pool_size: u32) -> Pgmux {
