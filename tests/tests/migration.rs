@@ -141,3 +141,45 @@ fn temp_table_pins_its_upstream() {
         assert!(gone);
     }
 }
+
+/// idle_transaction_timeout ends a session idling inside a transaction, with an error saying so, and its upstream
+/// is rolled back and reused.
+#[test]
+fn idle_transaction_timeout_ends_the_session() {
+    let pg = Postgres::shared();
+    pg.psql_admin("appdb", "CREATE TABLE IF NOT EXISTS idle_t (id int PRIMARY KEY, v int)");
+    pg.psql_admin("appdb", "INSERT INTO idle_t VALUES (1, 0) ON CONFLICT DO NOTHING");
+    pg.psql_admin("appdb", "GRANT ALL ON idle_t TO bob");
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "1").set("idle_transaction_timeout", "1"));
+    let mut a = pgmux.client("appdb", "bob");
+    a.batch_execute("BEGIN; UPDATE idle_t SET v = 42 WHERE id = 1").unwrap();
+    let mut b = pgmux.client("appdb", "bob");
+    // b waits behind a's transaction until the timeout ends it; then b runs on the same (rolled back) upstream.
+    let v: i32 = with_deadline(&pgmux, Duration::from_secs(20), || {
+        b.query_one("UPDATE idle_t SET v = v + 1 WHERE id = 1 RETURNING v", &[]).unwrap().get(0)
+    });
+    let err = a.batch_execute("SELECT 1").unwrap_err();
+    let text = format!("{err:?}");
+    assert!(
+        text.contains("idle transaction timeout") || err.is_closed(),
+        "unexpected error for the timed-out session: {text}"
+    );
+    assert_eq!(v, 1, "the timed-out transaction's update was committed");
+    assert!(pgmux.log().contains("closing because: idle transaction timeout"));
+}
+
+/// When the pool's only upstream is pinned by another session, a waiting session gets a clear error after
+/// query_wait_timeout instead of waiting forever.
+#[test]
+fn all_upstreams_pinned_gives_query_wait_timeout() {
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "1").set("query_wait_timeout", "1"));
+    let mut a = pgmux.client("otherdb", "alice");
+    a.batch_execute("CREATE TEMP TABLE pinned_t (x int)").unwrap();
+    let mut b = pgmux.client("otherdb", "alice");
+    let err = with_deadline(&pgmux, Duration::from_secs(20), || b.batch_execute("SELECT 1").unwrap_err());
+    let text = format!("{err:?}");
+    assert!(text.contains("query_wait_timeout"), "unexpected error: {text}");
+    assert!(text.contains("temporary tables"), "the error does not say why: {text}");
+    // The pinned session is unaffected.
+    a.batch_execute("INSERT INTO pinned_t VALUES (1)").unwrap();
+}

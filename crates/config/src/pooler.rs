@@ -35,6 +35,7 @@ const POOLER_KEYS: &[&str] = &[
     "server_connect_timeout",
     "server_login_retry",
     "query_wait_timeout",
+    "idle_transaction_timeout",
     "server_reset_query",
     "max_packet_size",
     "logfile",
@@ -124,6 +125,8 @@ pub struct Pooler {
     pub server_login_retry: Duration,
     /// `None` means clients may wait for a server forever.
     pub query_wait_timeout: Option<Duration>,
+    /// A client idle inside a transaction longer than this is disconnected; None = never (PgBouncer's default 0).
+    pub idle_transaction_timeout: Option<Duration>,
     pub server_reset_query: String,
     pub max_packet_size: u32,
     /// `None` means log to stderr.
@@ -148,6 +151,7 @@ impl Default for Pooler {
             server_connect_timeout: Duration::from_secs(15),
             server_login_retry: Duration::from_secs(15),
             query_wait_timeout: Some(Duration::from_secs(120)),
+            idle_transaction_timeout: None,
             server_reset_query: "DISCARD ALL".to_string(),
             max_packet_size: 2_147_483_647,
             logfile: None,
@@ -297,6 +301,9 @@ fn parse_pooler(s: &Section<'_>, path: &Path) -> Result<Pooler, ConfigError> {
     }
     if let Some(d) = s.seconds("server_login_retry", 0.0)? {
         p.server_login_retry = d;
+    }
+    if let Some(d) = s.seconds("idle_transaction_timeout", 0.0)? {
+        p.idle_transaction_timeout = (!d.is_zero()).then_some(d);
     }
     if let Some(d) = s.seconds("query_wait_timeout", 0.0)? {
         p.query_wait_timeout = (!d.is_zero()).then_some(d);

@@ -395,6 +395,7 @@ impl Worker {
         }
         if has_pending {
             s.queued = true;
+            s.queued_at = Instant::now();
             self.queue.push_back(idx);
         }
         if let Some(slot) = self.sessions.get_mut(idx) {
@@ -445,6 +446,7 @@ impl Worker {
         let Some(s) = self.session(idx) else { return };
         if readable && owner != Some(idx) && !s.queued {
             s.queued = true;
+            s.queued_at = Instant::now();
             self.queue.push_back(idx);
         }
     }
@@ -1154,6 +1156,7 @@ impl Worker {
         if readable {
             if let Some(s) = self.session(idx) {
                 s.queued = true;
+                s.queued_at = Instant::now();
             }
             self.queue.push_back(idx);
         }
@@ -1324,12 +1327,65 @@ impl Worker {
 
     // ----- periodic checks -----
 
+    /// idle_transaction_timeout for the owner, query_wait_timeout for sessions waiting for the upstream.
+    fn enforce_timeouts(&mut self) {
+        let now = Instant::now();
+        let pooler = &self.ctx.config.pooler;
+        let (idle_limit, wait_limit) = (pooler.idle_transaction_timeout, pooler.query_wait_timeout);
+        if let (Some(limit), Some(idx), Some(up)) = (idle_limit, self.owner, self.upstream.as_ref()) {
+            let idle_in_txn = up.txn_status != b'I' && self.replies.is_empty() && self.jobs.is_empty();
+            if idle_in_txn && now.duration_since(self.owner_active_at) > limit {
+                if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
+                    info!("{}: closing because: idle transaction timeout", s.label);
+                }
+                self.close_session(
+                    idx,
+                    "idle transaction timeout",
+                    Some((
+                        "25P03",
+                        "terminating connection due to idle transaction timeout (idle_transaction_timeout)",
+                    )),
+                );
+            }
+        }
+        if let Some(limit) = wait_limit {
+            let late: Vec<usize> = self
+                .queue
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    self.sessions
+                        .get(i)
+                        .and_then(|s| s.as_ref())
+                        .is_some_and(|s| s.queued && now.duration_since(s.queued_at) > limit)
+                })
+                .collect();
+            for idx in late {
+                let why = if self
+                    .owner
+                    .and_then(|o| self.sessions.get(o))
+                    .and_then(|s| s.as_ref())
+                    .is_some_and(|s| s.pins != 0)
+                {
+                    "query_wait_timeout: the server connection is held by a session with temporary tables, WITH HOLD cursors or advisory locks"
+                } else {
+                    "query_wait_timeout"
+                };
+                if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
+                    warn!("{}: closing because: {why}", s.label);
+                }
+                self.close_session(idx, "query_wait_timeout", Some(("08P01", why)));
+            }
+        }
+    }
+
     fn janitor(&mut self) {
         if !crate::process::parent_alive(self.ctx.parent) {
             warn!("supervisor is gone, exiting");
             self.stop = true;
             return;
         }
+        self.enforce_timeouts();
         if !self.outbox.is_empty() {
             self.flush_outbox();
         }

@@ -61,6 +61,8 @@ pub struct Session {
     pub label: String,
     /// When it arrived at this worker.
     pub arrived: std::time::Instant,
+    /// When it last joined the wait queue.
+    pub queued_at: std::time::Instant,
 }
 
 impl Session {
@@ -93,6 +95,7 @@ impl Session {
             hup: false,
             label,
             arrived: std::time::Instant::now(),
+            queued_at: std::time::Instant::now(),
         };
         s.refresh_ctx();
         s
