@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use postgres::fallible_iterator::FallibleIterator;
+
 use pgmux_tests::{with_deadline, Pgmux, PgmuxConfig, Postgres};
 
 fn backend_pids(pg: &Postgres, db: &str) -> usize {
@@ -182,4 +184,58 @@ fn all_upstreams_pinned_gives_query_wait_timeout() {
     assert!(text.contains("temporary tables"), "the error does not say why: {text}");
     // The pinned session is unaffected.
     a.batch_execute("INSERT INTO pinned_t VALUES (1)").unwrap();
+}
+
+fn notifications(c: &mut postgres::Client, wait: Duration) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut n = c.notifications();
+    let mut it = n.timeout_iter(wait);
+    while let Ok(Some(note)) = it.next() {
+        out.push((note.channel().to_string(), note.payload().to_string()));
+    }
+    out
+}
+
+/// LISTEN in transaction mode: each listening session gets the notifications of its own channels only, whichever
+/// upstream its transactions run on; UNLISTEN and UNLISTEN * work; a rolled-back NOTIFY is never delivered.
+#[test]
+fn listen_notify_in_transaction_mode() {
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "2"));
+    let mut a = pgmux.client("appdb", "alice");
+    let mut b = pgmux.client("appdb", "alice");
+    let mut ab = pgmux.client("appdb", "alice");
+    let mut idle = pgmux.client("appdb", "alice");
+    a.batch_execute("LISTEN chan_a").unwrap();
+    b.batch_execute("LISTEN chan_b").unwrap();
+    ab.batch_execute("LISTEN chan_a; LISTEN chan_b").unwrap();
+    // Many other sessions keep the upstreams busy in between.
+    let mut others: Vec<postgres::Client> = (0..6).map(|_| pgmux.client("appdb", "alice")).collect();
+    for o in others.iter_mut() {
+        o.batch_execute("SELECT 1").unwrap();
+    }
+    let mut sender = pgmux.client("appdb", "bob");
+    sender.batch_execute("NOTIFY chan_a, 'one'; NOTIFY chan_b, 'two'").unwrap();
+    sender.batch_execute("BEGIN; NOTIFY chan_a, 'rolled back'; ROLLBACK").unwrap();
+    // Poke every session so the notifications are read (a direct PostgreSQL client also sees them on its next read).
+    let wait = Duration::from_secs(3);
+    let got_a = with_deadline(&pgmux, Duration::from_secs(30), || notifications(&mut a, wait));
+    let got_b = notifications(&mut b, Duration::from_millis(500));
+    let got_ab = notifications(&mut ab, Duration::from_millis(500));
+    let got_idle = notifications(&mut idle, Duration::from_millis(300));
+    assert_eq!(got_a, vec![("chan_a".to_string(), "one".to_string())]);
+    assert_eq!(got_b, vec![("chan_b".to_string(), "two".to_string())]);
+    let mut got_ab_sorted = got_ab.clone();
+    got_ab_sorted.sort();
+    assert_eq!(got_ab_sorted, vec![("chan_a".into(), "one".into()), ("chan_b".into(), "two".into())]);
+    assert!(got_idle.is_empty(), "a session that never listened got {got_idle:?}");
+    // UNLISTEN one channel, then UNLISTEN *.
+    ab.batch_execute("UNLISTEN chan_a").unwrap();
+    a.batch_execute("UNLISTEN *").unwrap();
+    sender.batch_execute("NOTIFY chan_a, 'three'; NOTIFY chan_b, 'four'").unwrap();
+    let got_a = notifications(&mut a, Duration::from_millis(800));
+    let got_ab = notifications(&mut ab, Duration::from_millis(800));
+    let got_b = notifications(&mut b, Duration::from_millis(800));
+    assert!(got_a.is_empty(), "UNLISTEN * did not stop notifications: {got_a:?}");
+    assert_eq!(got_ab, vec![("chan_b".to_string(), "four".to_string())]);
+    assert_eq!(got_b, vec![("chan_b".to_string(), "four".to_string())]);
 }

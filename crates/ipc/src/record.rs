@@ -12,7 +12,7 @@
 use std::fmt;
 
 /// Version byte that starts every encoded record.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 /// Longest string (in bytes) a record may carry.
 pub const MAX_STRING_LEN: usize = 1024 * 1024;
 /// Most startup parameters a record may carry.
@@ -59,6 +59,8 @@ pub struct SessionRecord {
     pub baseline: Vec<(String, String)>,
     /// SQL-level prepared statements: (the session's name, pgmux's upstream name, the text after the name).
     pub sql_prepared: Vec<(String, String, String)>,
+    /// Channels the session LISTENs to.
+    pub listens: Vec<String>,
 }
 
 /// Why a record could not be decoded.
@@ -254,6 +256,10 @@ impl SessionRecord {
             put_bytes(out, upstream.as_bytes());
             put_bytes(out, rest.as_bytes());
         }
+        put_len(out, self.listens.len());
+        for l in &self.listens {
+            put_bytes(out, l.as_bytes());
+        }
     }
 
     /// Decodes a record that must fill `buf` exactly.
@@ -312,6 +318,11 @@ impl SessionRecord {
             let rest = r.string("sql_prepared.text")?;
             sql_prepared.push((name, upstream, rest));
         }
+        let n_listens = r.count("listens", MAX_SETTINGS, 4)?;
+        let mut listens = Vec::with_capacity(n_listens);
+        for _ in 0..n_listens {
+            listens.push(r.string("listens")?);
+        }
         Ok(SessionRecord {
             session_id,
             database,
@@ -326,6 +337,7 @@ impl SessionRecord {
             pending_input,
             baseline,
             sql_prepared,
+            listens,
         })
     }
 }
@@ -352,6 +364,7 @@ pub(crate) mod tests {
             pending_input: b"Q\0\0\0\x0dselect 1\0".to_vec(),
             baseline: vec![("application_name".into(), "psql".into())],
             sql_prepared: vec![("p".into(), "pgmuxq_1_1".into(), " AS SELECT 1".into())],
+            listens: vec!["jobs".into()],
         }
     }
 

@@ -64,6 +64,10 @@ pub enum PlanAction {
     AddSql(String, SqlPrepared),
     RemoveSql(String),
     RemoveProtocol(String),
+    /// LISTEN ch / UNLISTEN ch / UNLISTEN * (None) ran: the session's channels change, and the upstream's
+    /// must become the union again.
+    Listen(String),
+    Unlisten(Option<String>),
 }
 
 impl Worker {
@@ -398,6 +402,10 @@ impl Worker {
                 SqlKind::Deallocate { name: None } => {
                     plan.actions.push((i, PlanAction::DeallocateAll { discard: false }));
                 }
+                SqlKind::Listen { channel } => plan.actions.push((i, PlanAction::Listen(channel.value.to_string()))),
+                SqlKind::Unlisten { channel } => {
+                    plan.actions.push((i, PlanAction::Unlisten(channel.as_ref().map(|c| c.value.to_string()))))
+                }
                 SqlKind::Prepare { name, .. } => {
                     let client = name.value.to_string();
                     let Some(s) = self.session(idx) else { continue };
@@ -569,6 +577,23 @@ impl Worker {
                 if let Some(s) = session {
                     s.prepared.remove(name.as_str());
                 }
+            }
+            PlanAction::Listen(channel) => {
+                if let Some(s) = session {
+                    s.listens.insert(channel);
+                }
+                self.listen_sync = true;
+            }
+            PlanAction::Unlisten(channel) => {
+                if let Some(s) = session {
+                    match channel {
+                        Some(c) => {
+                            s.listens.remove(&c);
+                        }
+                        None => s.listens.clear(),
+                    }
+                }
+                self.listen_sync = true;
             }
         }
     }

@@ -154,6 +154,8 @@ struct Worker {
     /// Other workers may exist for this pool, so waiting sessions can move.
     can_migrate: bool,
     settings_probe: String,
+    /// Some session's channels changed: make the upstream listen to exactly the union of its sessions' channels.
+    listen_sync: bool,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -224,6 +226,7 @@ impl Worker {
             owner_active_at: Instant::now(),
             can_migrate: db.pool_size > 1 && db.pool_mode != PoolMode::Session,
             settings_probe: settings_probe(&login_user),
+            listen_sync: false,
         })
     }
 
@@ -360,6 +363,9 @@ impl Worker {
         let mut s = Session::new(record, conn, settings);
         if migrated {
             s.restore_from_record();
+            if !s.listens.is_empty() {
+                self.listen_sync = true;
+            }
         } else {
             self.greet(&mut s);
         }
@@ -465,6 +471,9 @@ impl Worker {
         }
         debug!("{}: closing: {reason}", s.label);
         self.send_supervisor(Msg::SessionClosed { session_id: s.id });
+        if !s.listens.is_empty() {
+            self.listen_sync = true;
+        }
         if let Some(up) = self.upstream.as_ref() {
             let generation = up.generation;
             self.pending_deallocs.extend(
@@ -564,6 +573,7 @@ impl Worker {
                 self.parse_slots.clear();
                 self.plans.clear();
                 self.pending_deallocs.clear();
+                self.listen_sync = true;
                 let fd = up.conn.raw_fd();
                 if let Err(e) =
                     self.poll.registry().register(&mut SourceFd(&fd), UPSTREAM, Interest::READABLE | Interest::WRITABLE)
@@ -805,6 +815,12 @@ impl Worker {
                 }
                 _ => {}
             }
+            if h.tag == b'A' && self.pool_mode != PoolMode::Session {
+                // A notification goes to the sessions listening to its channel, wherever their turns are.
+                self.notify(msg, body);
+                pos += total;
+                continue;
+            }
             let mut show = true;
             match (route.action, h.tag) {
                 (Action::Parsed(slot), b'1') => self.parse_settled(slot, true),
@@ -882,6 +898,41 @@ impl Worker {
         if let Some(s) = idx.and_then(|i| self.session(i)) {
             s.out.extend_from_slice(bytes);
         }
+    }
+
+    /// Fan a NotificationResponse out to this worker's sessions that listen to its channel.
+    fn notify(&mut self, msg: &[u8], body: &[u8]) {
+        let mut cur = pgmux_proto::cursor::Cursor::new(body);
+        let _pid = cur.read_i32();
+        let Ok(channel) = cur.read_cstr() else { return };
+        let targets: Vec<usize> = (0..self.sessions.len())
+            .filter(|&i| self.sessions.get(i).and_then(|s| s.as_ref()).is_some_and(|s| s.listens.contains(channel)))
+            .collect();
+        for idx in targets {
+            let Some(s) = self.session(idx) else { continue };
+            s.out.extend_from_slice(msg);
+            if let Err(e) = s.flush() {
+                self.close_session(idx, &format!("client write failed: {e}"), None);
+            }
+        }
+    }
+
+    /// `UNLISTEN *` plus a LISTEN per channel any session here listens to, unless the upstream already matches.
+    fn listen_sync_sql(&mut self) -> Option<String> {
+        let wanted: std::collections::BTreeSet<String> =
+            self.sessions.iter().flatten().flat_map(|s| s.listens.iter().cloned()).collect();
+        let up = self.upstream.as_mut()?;
+        if up.listening == wanted {
+            return None;
+        }
+        let mut sql = String::from("UNLISTEN *;");
+        for c in &wanted {
+            sql.push_str("LISTEN ");
+            sql.push_str(&pgmux_proto::sql::quote_ident(c));
+            sql.push(';');
+        }
+        up.listening = wanted;
+        Some(sql)
     }
 
     /// pgmux's own query or Sync has been answered.
@@ -1214,6 +1265,13 @@ impl Worker {
                     return true;
                 }
             }
+            if self.listen_sync {
+                self.listen_sync = false;
+                if let Some(sql) = self.listen_sync_sql() {
+                    self.send_job_query(&sql, Job::Cleanup);
+                    return true;
+                }
+            }
             if !self.pending_deallocs.is_empty() {
                 let sql: String =
                     self.pending_deallocs.drain(..).map(|n| format!("DEALLOCATE {n};")).collect::<Vec<_>>().concat();
@@ -1318,6 +1376,9 @@ impl Worker {
                 );
             }
             debug!("{}: moving to another worker (upstream idle in a transaction of another session)", s.label);
+            if !s.listens.is_empty() {
+                self.listen_sync = true;
+            }
             let fd = s.conn.into_fd();
             if let Err(e) = self.outbox.send(&self.ctx.channel, &Msg::Migrate { record }, vec![fd]) {
                 warn!("s{}: could not hand over for migration: {e}", s.id);

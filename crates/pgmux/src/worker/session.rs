@@ -39,6 +39,8 @@ pub struct Session {
     pub pending_deallocate_all: bool,
     /// Backend-held state it may have created (`pgmux_proto::sql::PIN_*`): while non-zero it keeps its upstream.
     pub pins: u8,
+    /// Channels it LISTENs to; the worker's upstream listens to the union over its sessions.
+    pub listens: std::collections::BTreeSet<String>,
     /// Client bytes read but not yet sent upstream: at most one partial message.
     pub inbuf: Vec<u8>,
     /// Bytes of a large client message still to stream upstream unbuffered.
@@ -83,6 +85,7 @@ impl Session {
             ctx: Rc::from(""),
             pending_deallocate_all: false,
             pins: 0,
+            listens: std::collections::BTreeSet::new(),
             inbuf: Vec::new(),
             passthrough: 0,
             out: Vec::new(),
@@ -163,6 +166,7 @@ impl Session {
         r.sql_prepared =
             self.sql_prepared.iter().map(|(name, p)| (name.clone(), p.upstream_name.clone(), p.rest.clone())).collect();
         r.pending_input = self.inbuf.clone();
+        r.listens = self.listens.iter().cloned().collect();
         r.flags |= super::FLAG_MIGRATED;
         r
     }
@@ -182,8 +186,10 @@ impl Session {
             let p = SqlPrepared { upstream_name: upstream_name.clone(), rest: rest.clone(), generation: 0 };
             self.sql_prepared.insert(name.clone(), p);
         }
+        self.listens = r.listens.iter().cloned().collect();
         self.record.prepared.clear();
         self.record.sql_prepared.clear();
+        self.record.listens.clear();
         self.record.pending_input.clear();
     }
 }

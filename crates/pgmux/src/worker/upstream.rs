@@ -98,6 +98,8 @@ pub struct Upstream {
     pub applied: HashMap<String, String>,
     /// The session whose settings `applied` matches, so a session that runs twice in a row costs no comparison.
     pub applied_for: Option<u64>,
+    /// Channels the backend LISTENs to.
+    pub listening: std::collections::BTreeSet<String>,
     /// The prepared statements it has, by definition.
     pub stmts: super::statements::UpstreamStatements,
     /// Changes whenever the upstream loses its SQL-level prepared statements (a new connection, DISCARD ALL).
@@ -212,6 +214,7 @@ pub fn connect(
                     applied_for: None,
                     txn_status: b'I',
                     stmts: super::statements::UpstreamStatements::new(STATEMENT_CACHE),
+                    listening: std::collections::BTreeSet::new(),
                     generation: 0,
                     inbuf,
                     outbuf: Vec::new(),
