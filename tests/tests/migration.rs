@@ -239,3 +239,35 @@ fn listen_notify_in_transaction_mode() {
     assert_eq!(got_ab, vec![("chan_b".to_string(), "four".to_string())]);
     assert_eq!(got_b, vec![("chan_b".to_string(), "four".to_string())]);
 }
+
+/// server_lifetime retires upstreams by draining their workers: every session moves to another worker between
+/// transactions, keeping its settings and prepared statements; nothing is dropped.
+#[test]
+fn server_lifetime_drains_workers_without_dropping_sessions() {
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "2").set("server_lifetime", "1"));
+    with_deadline(&pgmux, Duration::from_secs(60), || {
+        std::thread::scope(|scope| {
+            for i in 0..6 {
+                let pgmux = &pgmux;
+                scope.spawn(move || {
+                    let mut c = pgmux.client("otherdb", "alice");
+                    c.batch_execute(&format!("SET work_mem = '{}kB'", 3001 + i)).unwrap();
+                    let stmt = c.prepare(&format!("SELECT $1::int * {}", i + 1)).unwrap();
+                    let until = std::time::Instant::now() + Duration::from_secs(4);
+                    let mut n = 0;
+                    while std::time::Instant::now() < until {
+                        let v: i32 = c.query_one(&stmt, &[&n]).unwrap().get(0);
+                        assert_eq!(v, n * (i + 1));
+                        let wm: String = c.query_one("SHOW work_mem", &[]).unwrap().get(0);
+                        assert_eq!(wm, format!("{}kB", 3001 + i));
+                        n += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+            }
+        });
+    });
+    let log = pgmux.log();
+    assert!(log.contains("draining: server_lifetime reached"), "no worker was drained");
+    assert!(log.contains("drained, exiting"), "no drained worker exited");
+}

@@ -36,6 +36,7 @@ const POOLER_KEYS: &[&str] = &[
     "server_login_retry",
     "query_wait_timeout",
     "idle_transaction_timeout",
+    "server_lifetime",
     "server_reset_query",
     "max_packet_size",
     "logfile",
@@ -127,6 +128,9 @@ pub struct Pooler {
     pub query_wait_timeout: Option<Duration>,
     /// A client idle inside a transaction longer than this is disconnected; None = never (PgBouncer's default 0).
     pub idle_transaction_timeout: Option<Duration>,
+    /// An upstream older than this is retired: its worker moves its sessions to other workers and exits.
+    /// None = never. PgBouncer's default: 3600 s.
+    pub server_lifetime: Option<Duration>,
     pub server_reset_query: String,
     pub max_packet_size: u32,
     /// `None` means log to stderr.
@@ -152,6 +156,7 @@ impl Default for Pooler {
             server_login_retry: Duration::from_secs(15),
             query_wait_timeout: Some(Duration::from_secs(120)),
             idle_transaction_timeout: None,
+            server_lifetime: Some(Duration::from_secs(3600)),
             server_reset_query: "DISCARD ALL".to_string(),
             max_packet_size: 2_147_483_647,
             logfile: None,
@@ -301,6 +306,9 @@ fn parse_pooler(s: &Section<'_>, path: &Path) -> Result<Pooler, ConfigError> {
     }
     if let Some(d) = s.seconds("server_login_retry", 0.0)? {
         p.server_login_retry = d;
+    }
+    if let Some(d) = s.seconds("server_lifetime", 0.0)? {
+        p.server_lifetime = (!d.is_zero()).then_some(d);
     }
     if let Some(d) = s.seconds("idle_transaction_timeout", 0.0)? {
         p.idle_transaction_timeout = (!d.is_zero()).then_some(d);

@@ -16,6 +16,7 @@ const TAG_SHUTDOWN: u8 = 5;
 const TAG_SESSION_CLOSED: u8 = 6;
 const TAG_WORKER_STATUS: u8 = 7;
 const TAG_MIGRATE: u8 = 8;
+const TAG_DRAINING: u8 = 9;
 
 /// One message between two pgmux processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub enum Msg {
     Migrate {
         record: SessionRecord,
     },
+    /// worker → supervisor: this worker is moving all its sessions away and will exit; give it no new ones.
+    Draining,
 }
 
 /// Why a message could not be decoded.
@@ -164,6 +167,7 @@ impl Msg {
             Msg::SessionClosed { .. } => "SessionClosed",
             Msg::WorkerStatus { .. } => "WorkerStatus",
             Msg::Migrate { .. } => "Migrate",
+            Msg::Draining => "Draining",
         }
     }
 
@@ -175,6 +179,7 @@ impl Msg {
             | Msg::Cancel { .. }
             | Msg::Shutdown
             | Msg::SessionClosed { .. }
+            | Msg::Draining
             | Msg::WorkerStatus { .. } => 0,
         }
     }
@@ -213,6 +218,7 @@ impl Msg {
                 out.push(TAG_MIGRATE);
                 record.encode(out);
             }
+            Msg::Draining => out.push(TAG_DRAINING),
         }
     }
 
@@ -228,6 +234,7 @@ impl Msg {
             TAG_SESSION_CLOSED => "SessionClosed",
             TAG_WORKER_STATUS => "WorkerStatus",
             TAG_MIGRATE => "Migrate",
+            TAG_DRAINING => "Draining",
             other => return Err(MessageError::UnknownTag(other)),
         };
         let mut f = Fields { msg: name, r: Reader::new(body) };
@@ -239,6 +246,7 @@ impl Msg {
             TAG_SHUTDOWN => Msg::Shutdown,
             TAG_SESSION_CLOSED => Msg::SessionClosed { session_id: f.u64("session_id")? },
             TAG_MIGRATE => Msg::Migrate { record: f.record()? },
+            TAG_DRAINING => Msg::Draining,
             // The only tag left after the match above.
             _ => Msg::WorkerStatus { upstream_up: f.bool("upstream_up")?, sessions: f.u32("sessions")? },
         };
@@ -263,6 +271,7 @@ mod tests {
             Msg::WorkerStatus { upstream_up: true, sessions: 3 },
             Msg::WorkerStatus { upstream_up: false, sessions: 0 },
             Msg::Migrate { record: full_record() },
+            Msg::Draining,
         ]
     }
 
@@ -282,7 +291,7 @@ mod tests {
     #[test]
     fn fd_counts() {
         let counts: Vec<usize> = all().iter().map(Msg::fd_count).collect();
-        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0]);
     }
 
     #[test]
@@ -308,7 +317,7 @@ mod tests {
     #[test]
     fn unknown_tags_rejected() {
         assert_eq!(Msg::decode(&[]), Err(MessageError::Empty));
-        for tag in [0u8, 9, 0x51, 0xFF] {
+        for tag in [0u8, 10, 0x51, 0xFF] {
             assert_eq!(Msg::decode(&[tag]), Err(MessageError::UnknownTag(tag)));
         }
     }

@@ -300,6 +300,15 @@ impl Supervisor {
                 Some(fd) => self.migrate(slot, pool, record, fd),
                 None => warn!("migrate without a socket"),
             },
+            (Some(Role::Worker { pool, .. }), Msg::Draining) => {
+                // It takes no new sessions; the pool may start another worker in its place.
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.workers.retain(|&w| w != slot);
+                }
+                if let Some(c) = self.children.get(slot).and_then(|c| c.as_ref()) {
+                    info!("{} is draining", c.name);
+                }
+            }
             (Some(Role::Worker { .. }), Msg::WorkerStatus { upstream_up, sessions }) => {
                 debug!("worker in slot {slot}: upstream_up={upstream_up} sessions={sessions}");
             }

@@ -156,6 +156,8 @@ struct Worker {
     settings_probe: String,
     /// Some session's channels changed: make the upstream listen to exactly the union of its sessions' channels.
     listen_sync: bool,
+    /// Moving every session to other workers, then exiting (server_lifetime).
+    draining: bool,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -227,6 +229,7 @@ impl Worker {
             can_migrate: db.pool_size > 1 && db.pool_mode != PoolMode::Session,
             settings_probe: settings_probe(&login_user),
             listen_sync: false,
+            draining: false,
         })
     }
 
@@ -276,6 +279,9 @@ impl Worker {
             self.drive();
             if self.migration_due_at().is_some_and(|t| t <= Instant::now()) {
                 self.migrate_waiting();
+            }
+            if self.draining {
+                self.drain_step();
             }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + TICK;
@@ -1351,37 +1357,79 @@ impl Worker {
             if !s.queued {
                 continue;
             }
-            if now.duration_since(s.arrived) < MIGRATE_COOLDOWN || s.passthrough > 0 {
+            if now.duration_since(s.arrived) < MIGRATE_COOLDOWN
+                || !self.migrate_one(idx, "upstream idle in a transaction of another session")
+            {
                 self.queue.push_back(idx);
-                continue;
             }
-            let record = s.to_record();
-            let mut encoded = Vec::new();
-            record.encode(&mut encoded);
-            if encoded.len() + 64 > pgmux_ipc::channel::MAX_MSG_LEN {
-                self.queue.push_back(idx); // too much state to move in one message: it waits here
-                continue;
-            }
-            let Some(mut s) = self.sessions.get_mut(idx).and_then(|slot| slot.take()) else { continue };
-            self.free.push(idx);
-            self.by_id.remove(&s.id);
-            let _ = self.poll.registry().deregister(&mut SourceFd(&s.conn.raw_fd()));
-            if let Err(e) = s.flush() {
-                debug!("{}: flush before moving failed: {e}", s.label);
-            }
-            if let Some(up) = self.upstream.as_ref() {
-                let generation = up.generation;
-                self.pending_deallocs.extend(
-                    s.sql_prepared.values().filter(|p| p.generation == generation).map(|p| p.upstream_name.clone()),
-                );
-            }
-            debug!("{}: moving to another worker (upstream idle in a transaction of another session)", s.label);
-            if !s.listens.is_empty() {
-                self.listen_sync = true;
-            }
-            let fd = s.conn.into_fd();
-            if let Err(e) = self.outbox.send(&self.ctx.channel, &Msg::Migrate { record }, vec![fd]) {
-                warn!("s{}: could not hand over for migration: {e}", s.id);
+        }
+    }
+
+    /// Send one session (not the owner) to the supervisor for another worker. False if it must stay.
+    fn migrate_one(&mut self, idx: usize, why: &str) -> bool {
+        if self.owner == Some(idx) {
+            return false;
+        }
+        let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) else { return false };
+        if s.passthrough > 0 || !matches!(s.flush(), Ok(true)) {
+            return false; // replies still on their way to the client stay with this worker until written
+        }
+        let record = s.to_record();
+        let mut encoded = Vec::new();
+        record.encode(&mut encoded);
+        if encoded.len() + 64 > pgmux_ipc::channel::MAX_MSG_LEN {
+            return false; // too much state to move in one message: it stays here
+        }
+        let Some(mut s) = self.sessions.get_mut(idx).and_then(|slot| slot.take()) else { return false };
+        self.free.push(idx);
+        self.by_id.remove(&s.id);
+        let _ = self.poll.registry().deregister(&mut SourceFd(&s.conn.raw_fd()));
+        if let Err(e) = s.flush() {
+            debug!("{}: flush before moving failed: {e}", s.label);
+        }
+        if let Some(up) = self.upstream.as_ref() {
+            let generation = up.generation;
+            self.pending_deallocs.extend(
+                s.sql_prepared.values().filter(|p| p.generation == generation).map(|p| p.upstream_name.clone()),
+            );
+        }
+        debug!("{}: moving to another worker ({why})", s.label);
+        if !s.listens.is_empty() {
+            self.listen_sync = true;
+        }
+        let fd = s.conn.into_fd();
+        if let Err(e) = self.outbox.send(&self.ctx.channel, &Msg::Migrate { record }, vec![fd]) {
+            warn!("s{}: could not hand over for migration: {e}", s.id);
+        }
+        true
+    }
+
+    /// server_lifetime: retire this worker's upstream by moving every session elsewhere, then exiting.
+    fn begin_drain(&mut self, why: &str) {
+        if self.draining {
+            return;
+        }
+        info!("draining: {why}; moving every session to other workers");
+        self.draining = true;
+        if let Err(e) = self.outbox.send(&self.ctx.channel, &Msg::Draining, Vec::new()) {
+            warn!("cannot tell the supervisor about draining: {e}");
+        }
+    }
+
+    /// Move every session that is between transactions; exit once none is left and the upstream is clean.
+    fn drain_step(&mut self) {
+        let idle: Vec<usize> = (0..self.sessions.len())
+            .filter(|&i| self.owner != Some(i) && self.sessions.get(i).is_some_and(|s| s.is_some()))
+            .collect();
+        for idx in idle {
+            self.migrate_one(idx, "draining");
+        }
+        self.queue.retain(|&i| self.sessions.get(i).is_some_and(|s| s.is_some()));
+        if self.by_id.is_empty() && self.owner.is_none() && self.replies.is_empty() && self.jobs.is_empty() {
+            self.flush_outbox();
+            if self.outbox.is_empty() {
+                info!("drained, exiting");
+                self.stop = true;
             }
         }
     }
@@ -1447,6 +1495,11 @@ impl Worker {
             return;
         }
         self.enforce_timeouts();
+        if let (Some(limit), Some(up)) = (self.ctx.config.pooler.server_lifetime, self.upstream.as_ref()) {
+            if up.connected_at.elapsed() > limit {
+                self.begin_drain("server_lifetime reached");
+            }
+        }
         if !self.outbox.is_empty() {
             self.flush_outbox();
         }

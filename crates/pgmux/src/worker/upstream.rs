@@ -115,6 +115,7 @@ pub struct Upstream {
     pub hup: bool,
     /// Bytes written to the socket since login; with `outbuf` this locates any byte in the output stream.
     pub sent_total: u64,
+    pub connected_at: Instant,
     /// Bytes of a large backend message still to pass through to `stream_route`'s owner.
     pub passthrough: usize,
     /// Set while PostgreSQL is in COPY FROM STDIN for the current owner.
@@ -223,6 +224,7 @@ pub fn connect(
                     writable: true,
                     hup: false,
                     sent_total: 0,
+                    connected_at: Instant::now(),
                     passthrough: 0,
                     copy_in: false,
                 });
