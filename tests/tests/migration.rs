@@ -271,3 +271,62 @@ fn server_lifetime_drains_workers_without_dropping_sessions() {
     assert!(log.contains("draining: server_lifetime reached"), "no worker was drained");
     assert!(log.contains("drained, exiting"), "no drained worker exited");
 }
+
+/// Migration under load: pgbench -M prepared runs while a few sessions keep leaving their upstreams idle inside
+/// transactions, so waiting sessions move between workers continually; no transaction fails and sessions keep their
+/// settings and prepared statements.
+#[test]
+fn migration_under_load() {
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "4"));
+    let init = pgmux.pgbench(&["-i", "-s", "1", "-q", "-U", "bob", "otherdb"]);
+    assert!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = with_deadline(&pgmux, Duration::from_secs(90), || {
+        std::thread::scope(|scope| {
+            // Holders: short transactions with client think time inside them.
+            for _ in 0..3 {
+                let (pgmux, stop) = (&pgmux, &stop);
+                scope.spawn(move || {
+                    let mut c = pgmux.client("otherdb", "bob");
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        c.batch_execute("BEGIN; SELECT 1").unwrap();
+                        std::thread::sleep(Duration::from_millis(60));
+                        c.batch_execute("COMMIT").unwrap();
+                    }
+                });
+            }
+            // Sessions with their own settings and statements, checked throughout.
+            let checkers: Vec<_> = (0..4)
+                .map(|i: i32| {
+                    let (pgmux, stop) = (&pgmux, &stop);
+                    scope.spawn(move || {
+                        let mut c = pgmux.client("otherdb", "bob");
+                        c.batch_execute(&format!("SET work_mem = '{}kB'", 4001 + i)).unwrap();
+                        let stmt = c.prepare(&format!("SELECT $1::int + {i}, current_setting('work_mem')")).unwrap();
+                        let mut n = 0;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let row = c.query_one(&stmt, &[&n]).unwrap();
+                            assert_eq!(row.get::<_, i32>(0), n + i);
+                            assert_eq!(row.get::<_, String>(1), format!("{}kB", 4001 + i));
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            let out = pgmux
+                .pgbench(&["-n", "-S", "-M", "prepared", "-c", "150", "-j", "2", "-T", "6", "-U", "bob", "otherdb"]);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for c in checkers {
+                assert!(c.join().unwrap() > 0);
+            }
+            out
+        })
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "pgbench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("number of failed transactions: 0"), "{stdout}");
+    let moves = pgmux.log().matches("moving to another worker").count();
+    eprintln!("migrations during the run: {moves} (~{} per second)", moves / 6);
+    assert!(moves > 100, "only {moves} sessions moved: the load did not exercise migration");
+}

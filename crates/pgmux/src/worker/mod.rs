@@ -54,7 +54,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// A session waiting while the upstream's owner sits idle inside a transaction this long moves to another worker.
 const MIGRATE_AFTER: Duration = Duration::from_millis(20);
 /// A session that just arrived stays at least this long before it may move again (no ping-pong).
-const MIGRATE_COOLDOWN: Duration = Duration::from_millis(200);
+const MIGRATE_COOLDOWN: Duration = Duration::from_millis(100);
 /// Record flag: the session moved here from another worker; it has been greeted already.
 pub const FLAG_MIGRATED: u32 = 1;
 
