@@ -117,6 +117,11 @@ impl PgmuxConfig {
         self
     }
 
+    /// The number of listener processes this configuration asks for (pgmux's default is 2).
+    pub fn listeners(&self) -> usize {
+        self.pooler.iter().find(|(k, _)| k == "listeners").and_then(|(_, v)| v.trim().parse().ok()).unwrap_or(2)
+    }
+
     /// The userlist secret of `user`, if listed.
     pub fn password_of(&self, user: &str) -> Option<&str> {
         self.users.iter().find(|(u, _)| u == user).map(|(_, p)| p.as_str())
@@ -222,7 +227,12 @@ impl Pgmux {
                 );
             }
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // The port accepts as soon as the supervisor has bound it; wait for every listener too, so tests that
+            // look at the process family see it complete.
+            let listeners: usize = self.config.listeners();
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && self.children("pgmux-listener").len() >= listeners
+            {
                 return;
             }
             if start.elapsed() > START_DEADLINE {

@@ -76,6 +76,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Signals the supervisor reads from its signalfd are blocked from the start, so one that arrives while the
+    // configuration is read or the sockets are bound waits for the loop instead of killing the process.
+    if !args.check {
+        if let Err(e) = process::supervisor_signals().thread_block() {
+            eprintln!("pgmux: blocking signals: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let config = match pgmux_config::Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

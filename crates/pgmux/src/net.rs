@@ -124,6 +124,11 @@ impl Conn {
         Ok(r > 0)
     }
 
+    /// Send FIN: the peer sees the end of our output while we may still read its input.
+    pub fn shutdown_write(&self) {
+        let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

@@ -474,6 +474,17 @@ impl Worker {
             be::error_response(&mut s.out, "FATAL", code, message);
             let pending = s.out.get(s.out_pos..).unwrap_or_default();
             let _ = s.conn.write_all_timeout(pending, Duration::from_millis(100));
+            // Closing a socket with unread input makes the kernel send RST, and the client may then lose the error
+            // it has not read yet: consume what the client already sent (a waiting request, typically) first.
+            s.conn.shutdown_write();
+            let mut sink = Vec::new();
+            for _ in 0..16 {
+                sink.clear();
+                match s.conn.read_into(&mut sink, 64 * 1024) {
+                    Ok(ReadOutcome::Data { .. }) => {}
+                    _ => break,
+                }
+            }
         }
         debug!("{}: closing: {reason}", s.label);
         self.send_supervisor(Msg::SessionClosed { session_id: s.id });
