@@ -327,7 +327,23 @@ fn migration_under_load() {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "pgbench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("number of failed transactions: 0"), "{stdout}");
-    let moves = pgmux.log().matches("moving to another worker").count();
-    eprintln!("migrations during the run: {moves} (~{} per second)", moves / 6);
+    let log = pgmux.log();
+    let moves = log.matches("moving to another worker").count();
+    // What one move costs, from the old worker handing the session over to the new one having it registered.
+    let mut costs: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split(": moved here in ").nth(1))
+        .filter_map(|rest| rest.trim_end_matches(" us").trim().parse().ok())
+        .collect();
+    costs.sort_unstable();
+    let pick = |q: f64| costs.get(((costs.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    eprintln!(
+        "migrations during the run: {moves} (~{} per second); cost per move: median {} us, p99 {} us ({} samples)",
+        moves / 6,
+        pick(0.5),
+        pick(0.99),
+        costs.len()
+    );
+    assert!(!costs.is_empty(), "no move reported its cost");
     assert!(moves > 100, "only {moves} sessions moved: the load did not exercise migration");
 }

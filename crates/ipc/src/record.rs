@@ -12,7 +12,7 @@
 use std::fmt;
 
 /// Version byte that starts every encoded record.
-pub const RECORD_VERSION: u8 = 3;
+pub const RECORD_VERSION: u8 = 4;
 /// Longest string (in bytes) a record may carry.
 pub const MAX_STRING_LEN: usize = 1024 * 1024;
 /// Most startup parameters a record may carry.
@@ -61,6 +61,9 @@ pub struct SessionRecord {
     pub sql_prepared: Vec<(String, String, String)>,
     /// Channels the session LISTENs to.
     pub listens: Vec<String>,
+    /// When the session left its previous worker (CLOCK_MONOTONIC nanoseconds, shared by all processes); 0 if it
+    /// never moved. Lets the receiving worker measure what a move cost.
+    pub moved_at_ns: u64,
 }
 
 /// Why a record could not be decoded.
@@ -260,6 +263,7 @@ impl SessionRecord {
         for l in &self.listens {
             put_bytes(out, l.as_bytes());
         }
+        out.extend_from_slice(&self.moved_at_ns.to_be_bytes());
     }
 
     /// Decodes a record that must fill `buf` exactly.
@@ -323,6 +327,7 @@ impl SessionRecord {
         for _ in 0..n_listens {
             listens.push(r.string("listens")?);
         }
+        let moved_at_ns = r.u64("moved_at_ns")?;
         Ok(SessionRecord {
             session_id,
             database,
@@ -338,6 +343,7 @@ impl SessionRecord {
             baseline,
             sql_prepared,
             listens,
+            moved_at_ns,
         })
     }
 }
@@ -365,6 +371,7 @@ pub(crate) mod tests {
             baseline: vec![("application_name".into(), "psql".into())],
             sql_prepared: vec![("p".into(), "pgmuxq_1_1".into(), " AS SELECT 1".into())],
             listens: vec!["jobs".into()],
+            moved_at_ns: 123_456_789,
         }
     }
 

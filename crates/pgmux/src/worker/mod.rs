@@ -368,6 +368,10 @@ impl Worker {
         let pending = std::mem::take(&mut record.pending_input);
         let mut s = Session::new(record, conn, settings);
         if migrated {
+            let moved_at = s.record.moved_at_ns;
+            if moved_at != 0 {
+                debug!("{}: moved here in {} us", s.label, monotonic_ns().saturating_sub(moved_at) / 1000);
+            }
             s.restore_from_record();
             if !s.listens.is_empty() {
                 self.listen_sync = true;
@@ -1385,7 +1389,8 @@ impl Worker {
         if s.passthrough > 0 || !matches!(s.flush(), Ok(true)) {
             return false; // replies still on their way to the client stay with this worker until written
         }
-        let record = s.to_record();
+        let mut record = s.to_record();
+        record.moved_at_ns = monotonic_ns();
         let mut encoded = Vec::new();
         record.encode(&mut encoded);
         if encoded.len() + 64 > pgmux_ipc::channel::MAX_MSG_LEN {
@@ -1539,4 +1544,12 @@ fn parse_two_column_row(body: &[u8]) -> Option<(String, String)> {
     let a = col()?;
     let b = col()?;
     Some((a, b))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine, so a time taken in one worker
+/// can be compared in another.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+        .unwrap_or(0)
 }
