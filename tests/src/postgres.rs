@@ -273,7 +273,7 @@ fn append(path: &Path, text: &str) {
 }
 
 /// Keeps the developer's PG* variables from redirecting fixture commands.
-pub(crate) fn clear_pg_env(cmd: &mut Command) {
+pub fn clear_pg_env(cmd: &mut Command) {
     for var in [
         "PGHOST",
         "PGHOSTADDR",
@@ -287,6 +287,7 @@ pub(crate) fn clear_pg_env(cmd: &mut Command) {
         "PGOPTIONS",
         "PGSSLMODE",
         "PGDATA",
+        "PGAPPNAME",
     ] {
         cmd.env_remove(var);
     }

@@ -47,23 +47,7 @@ fn stderr_of(out: &Output) -> String {
 /// A psql command with the fixture's flags (`-X -A -t -v ON_ERROR_STOP=1`) and no PG* environment.
 fn psql_cmd() -> Command {
     let mut cmd = Command::new(pg().bin("psql"));
-    for var in [
-        "PGHOST",
-        "PGHOSTADDR",
-        "PGPORT",
-        "PGDATABASE",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGSERVICE",
-        "PGSERVICEFILE",
-        "PGPASSFILE",
-        "PGOPTIONS",
-        "PGSSLMODE",
-        "PGDATA",
-        "PGAPPNAME",
-    ] {
-        cmd.env_remove(var);
-    }
+    pgmux_tests::postgres::clear_pg_env(&mut cmd);
     cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"]).env("PGCONNECT_TIMEOUT", "10").stdin(Stdio::null());
     cmd
 }

@@ -245,7 +245,8 @@ fn check_fd_count(msg: &Msg, got: usize) -> Result<(), IpcError> {
 /// truncation (the kernel installs those in our table even when it sets MSG_CTRUNC).
 ///
 /// # Safety
-/// `mhdr` must have been filled in by a successful `recvmsg`, with its control buffer still alive.
+/// SAFETY: `mhdr` must have been filled in by a successful `recvmsg`, with its control buffer still alive; every
+/// pointer walked here comes from the CMSG_* macros over that buffer and its reported length.
 // msg_controllen and cmsg_len are size_t on glibc but u32 on musl: the casts are needed somewhere.
 #[allow(clippy::unnecessary_cast)]
 unsafe fn take_fds(mhdr: &libc::msghdr) -> Vec<OwnedFd> {
