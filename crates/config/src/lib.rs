@@ -8,6 +8,7 @@
 
 mod error;
 pub mod pooler;
+pub mod settings;
 pub mod userlist;
 mod walk;
 
