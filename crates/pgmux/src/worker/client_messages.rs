@@ -88,6 +88,9 @@ impl Worker {
         if let Some(up) = self.upstream.as_mut() {
             up.outbuf.extend_from_slice(msg);
         }
+        if tag == b'P' {
+            self.stats.server_parse();
+        }
         self.replies.push(Owner::Session(id), tag, Disposition::Forward);
     }
 
@@ -125,6 +128,7 @@ impl Worker {
                 up.stmts.unnamed = Some(def);
                 if renamed.is_some() {
                     wire::parse(&mut up.outbuf, "", query, &p.param_types);
+                    self.stats.server_parse();
                     self.replies.push(Owner::Session(id), b'P', Disposition::Forward);
                     return;
                 }
@@ -152,6 +156,7 @@ impl Worker {
         } else {
             let uname = up.stmts.insert(def.clone(), ctx.clone(), turn);
             wire::parse(&mut up.outbuf, &uname, query, &p.param_types);
+            self.stats.server_parse();
             let victims = up.stmts.evict(turn);
             let action = self.new_parse_slot(ParseSlot {
                 def: def.clone(),
@@ -269,6 +274,7 @@ impl Worker {
         }
         let uname = up.stmts.insert(def.clone(), ctx.clone(), turn);
         wire::parse(&mut up.outbuf, &uname, &def.query, &def.param_types);
+        self.stats.server_parse();
         let victims = up.stmts.evict(turn);
         let action =
             self.new_parse_slot(ParseSlot { def: def.clone(), ctx, created: Some(uname.clone()), session: None });
@@ -285,6 +291,7 @@ impl Worker {
             return;
         }
         wire::parse(&mut up.outbuf, "", &mine.query, &mine.param_types);
+        self.stats.server_parse();
         up.stmts.unnamed = Some(mine);
         self.replies.push(Owner::Session(id), b'P', Disposition::HideOk);
     }

@@ -16,6 +16,7 @@ mod replies;
 mod session;
 mod settings;
 mod statements;
+mod stats;
 mod upstream;
 
 use std::collections::{HashMap, VecDeque};
@@ -158,6 +159,8 @@ struct Worker {
     listen_sync: bool,
     /// Moving every session to other workers, then exiting (server_lifetime).
     draining: bool,
+    /// Counters and console state for the admin console (`stats`).
+    stats: stats::Stats,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -230,6 +233,7 @@ impl Worker {
             settings_probe: settings_probe(&login_user),
             listen_sync: false,
             draining: false,
+            stats: stats::Stats::default(),
         })
     }
 
@@ -288,6 +292,7 @@ impl Worker {
                 self.janitor();
             }
         }
+        self.send_final_report();
         if let Some(mut up) = self.upstream.take() {
             let mut out = Vec::new();
             fe::terminate(&mut out);
@@ -328,7 +333,11 @@ impl Worker {
                 info!("shutdown requested");
                 self.shutting_down = true;
             }
-            other => warn!("unexpected message {} from supervisor", other.name()),
+            other => {
+                if !self.on_admin_message(&other) {
+                    warn!("unexpected message {} from supervisor", other.name())
+                }
+            }
         }
     }
 
@@ -624,6 +633,7 @@ impl Worker {
     fn drop_upstream(&mut self, reason: &str) {
         let Some(up) = self.upstream.take() else { return };
         warn!("closing server connection (backend pid {}): {reason}", up.backend_pid);
+        self.stats.upstream_lost();
         let _ = self.poll.registry().deregister(&mut SourceFd(&up.conn.raw_fd()));
         drop(up);
         self.replies = Replies::new();
@@ -812,6 +822,9 @@ impl Worker {
                     if let (Ok(status), Some(up)) = (be::parse_ready_for_query(body), self.upstream.as_mut()) {
                         up.txn_status = status;
                         up.copy_in = false;
+                        if matches!(route.owner, Some(Owner::Session(_))) && route.disposition != Disposition::Swallow {
+                            self.stats.ready_for_query(status);
+                        }
                     }
                 }
                 b'G' => {
@@ -918,7 +931,10 @@ impl Worker {
         };
         if let Some(s) = idx.and_then(|i| self.session(i)) {
             s.out.extend_from_slice(bytes);
+        } else {
+            return;
         }
+        self.stats.sent_to_client(bytes.len());
     }
 
     /// Fan a NotificationResponse out to this worker's sessions that listen to its channel.
@@ -1068,6 +1084,7 @@ impl Worker {
                 up.outbuf.extend_from_slice(inbuf.get(pos..pos + n).unwrap_or_default());
                 s.passthrough -= n;
                 pos += n;
+                self.stats.client_bytes(n);
                 continue;
             }
             let rest = inbuf.get(pos..).unwrap_or_default();
@@ -1103,6 +1120,7 @@ impl Worker {
                 s.turn_sent = true;
                 s.turn_start = up.sent_total + (up.outbuf.len() - up.out_pos) as u64;
             }
+            self.stats.client_message(h.tag, total.min(avail));
             if avail >= total {
                 let msg = rest.get(..total).unwrap_or_default();
                 if rewrite {
@@ -1299,7 +1317,13 @@ impl Worker {
                 self.send_job_query(&sql, Job::Cleanup);
                 return true;
             }
-            if self.shutting_down {
+            if self.reconnect_due() {
+                self.stats.reconnect = false;
+                self.drop_upstream("RECONNECT");
+                progress = true;
+                continue;
+            }
+            if self.shutting_down || self.stats.paused {
                 return progress;
             }
             let Some(idx) = self.queue.pop_front() else { return progress };
@@ -1317,6 +1341,9 @@ impl Worker {
         self.owner = Some(idx);
         self.owner_active_at = Instant::now();
         self.turn += 1;
+        if let Some(queued_at) = self.sessions.get(idx).and_then(|s| s.as_ref()).map(|s| s.queued_at) {
+            self.stats.turn_began(queued_at);
+        }
         if log::log_enabled!(log::Level::Trace) {
             if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
                 log::trace!("{}: turn {} begins", s.label, self.turn);
