@@ -48,6 +48,10 @@ pub fn error_response(out: &mut Vec<u8>, severity: &str, code: &str, message_tex
     error_response_full(out, &simple_fields(severity, code, message_text));
 }
 
+pub fn notice_response_full(out: &mut Vec<u8>, fields: &ErrorFields) {
+    message(out, b'N', |b| put_fields(b, fields));
+}
+
 pub fn notice_response(out: &mut Vec<u8>, severity: &str, code: &str, message_text: &str) {
     let f = simple_fields(severity, code, message_text);
     message(out, b'N', |b| put_fields(b, &f));

@@ -1260,7 +1260,7 @@ impl Worker {
                 return progress;
             }
             if self.upstream.is_none() {
-                if self.queue.is_empty() || self.shutting_down {
+                if self.queue.is_empty() || self.shutting_down || self.stats.paused {
                     return progress;
                 }
                 if let Err(msg) = self.ensure_upstream() {
@@ -1317,9 +1317,8 @@ impl Worker {
                 self.send_job_query(&sql, Job::Cleanup);
                 return true;
             }
-            if self.reconnect_due() {
-                self.stats.reconnect = false;
-                self.drop_upstream("RECONNECT");
+            if let Some(why) = self.close_due() {
+                self.drop_upstream(why);
                 progress = true;
                 continue;
             }

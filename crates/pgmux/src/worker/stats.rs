@@ -148,9 +148,20 @@ impl Worker {
         self.stop = true;
     }
 
-    /// Whether RECONNECT's close is due now: asked for, and the upstream is released and clean.
-    pub(super) fn reconnect_due(&self) -> bool {
-        self.stats.reconnect && self.upstream.is_some() && self.owner.is_none()
+    /// Whether the released, clean upstream must close now, and why: RECONNECT asked for it, or PAUSE (which in
+    /// PgBouncer disconnects every server, so the database can be restarted; the next turn after RESUME connects
+    /// again).
+    pub(super) fn close_due(&self) -> Option<&'static str> {
+        if self.upstream.is_none() || self.owner.is_some() {
+            return None;
+        }
+        if self.stats.paused {
+            Some("PAUSE")
+        } else if self.stats.reconnect {
+            Some("RECONNECT")
+        } else {
+            None
+        }
     }
 
     /// Sends this worker's report in as many pieces as it needs.
@@ -232,7 +243,7 @@ impl Worker {
             counters: self.stats.counters,
             upstream,
             paused: self.stats.paused,
-            released: self.owner.is_none() && !cleaning,
+            released: self.owner.is_none() && !cleaning && self.upstream.is_none(),
             close_needed: self.stats.reconnect || self.draining,
             sessions,
         }

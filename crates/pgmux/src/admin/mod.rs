@@ -1,0 +1,16 @@
+//! The admin console (database `pgbouncer`, also `pgmux`), PgBouncer's SHOW and control commands.
+//!
+//! The console runs in the listener that accepted the connection, because only listeners and workers may parse
+//! what a client sends: `console` is the per-connection state machine, `command` parses a query into a command
+//! (grammar, privileges and error messages as PgBouncer's), and `show` turns the supervisor's snapshot into
+//! PgBouncer's result sets. The supervisor's side (gathering worker reports, pausing, killing, reloading) is
+//! `supervisor/admin.rs`; the workers' side (counters, reports, pause) is `worker/stats.rs`.
+
+pub mod command;
+pub mod console;
+pub mod show;
+
+/// Database names that reach the console.
+pub fn is_console_database(name: &str) -> bool {
+    name == "pgbouncer" || name == "pgmux"
+}
