@@ -11,6 +11,10 @@
 //!
 //! CancelRequests are passed to the supervisor as `Msg::CancelRequest` and the socket is closed without a reply, as
 //! PostgreSQL does.
+//!
+//! A login to the admin console (database `pgbouncer` or `pgmux`) is not handed off: the connection stays here as
+//! a console (`crate::admin::console`), whose commands go to the supervisor as `Msg::AdminRequest` and whose
+//! answers come back as `Msg::AdminReply`.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,11 +26,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::unistd::Pid;
 use pgmux_config::{Config, UserList};
+use pgmux_ipc::admin::AdminCommand;
 use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 use pgmux_proto::backend;
 use pgmux_proto::frame::{peek_header, MAX_STARTUP_LEN};
 use pgmux_proto::startup::{decode_startup, startup_packet_len, Startup, StartupError, StartupPacket};
 
+use crate::admin::console::{Console, Step};
+use crate::admin::show::Local;
 use crate::client_auth::{AuthStep, ClientAuth};
 use crate::net::{Conn, ReadOutcome};
 use crate::process;
@@ -110,6 +117,8 @@ enum Phase {
     Authenticating(Box<ClientAuth>),
     /// Authenticated; waiting for the last auth bytes to reach the client.
     HandingOff,
+    /// An admin console session (it stays in this process until the client leaves).
+    Console(Box<Console>),
     /// An error is being written; then the write side is shut and input discarded until EOF or the deadline.
     Closing {
         deadline: Instant,
@@ -131,6 +140,8 @@ struct Client {
     ssl_answered: bool,
     gss_answered: bool,
     login: Option<LoginInfo>,
+    /// Logged in to the console as the OS user running pgmux over the Unix socket (no password, admin rights).
+    peer_admin: bool,
 }
 
 /// What the loop must do with a connection after driving it.
@@ -144,12 +155,16 @@ enum Verdict {
         key: u32,
     },
     HandOff,
+    /// A console command for the supervisor.
+    Admin(AdminCommand),
 }
 
 /// The read-only configuration a connection consults.
 struct Env<'a> {
     config: &'a Config,
     userlist: &'a UserList,
+    /// Connections this listener holds (logging in, or consoles).
+    connections: usize,
 }
 
 struct Listener {
@@ -169,6 +184,11 @@ struct Listener {
     refused: u64,
     last_refusal_log: Option<Instant>,
     exit: Option<i32>,
+    /// Console commands sent to the supervisor: request id → connection slot.
+    admin_requests: std::collections::HashMap<u64, usize>,
+    next_admin_id: u64,
+    /// SHUTDOWN WAIT_* or SUSPEND: TCP sockets are not accepted from (the Unix socket stays, for the console).
+    tcp_stopped: bool,
 }
 
 impl Listener {
@@ -204,6 +224,9 @@ impl Listener {
             refused: 0,
             last_refusal_log: None,
             exit: None,
+            admin_requests: std::collections::HashMap::new(),
+            next_admin_id: 1,
+            tcp_stopped: false,
         })
     }
 
@@ -274,6 +297,9 @@ impl Listener {
                     return;
                 }
                 let Some(Some(l)) = self.listen.get_mut(i) else { break };
+                if self.tcp_stopped && matches!(l.sock, Acceptor::Tcp(_)) {
+                    l.ready = false;
+                }
                 if !l.ready {
                     break;
                 }
@@ -357,6 +383,7 @@ impl Listener {
             ssl_answered: false,
             gss_answered: false,
             login: None,
+            peer_admin: false,
         };
         if let Some(s) = self.clients.get_mut(slot) {
             *s = Some(client);
@@ -385,7 +412,8 @@ impl Listener {
     // ----- connections -----
 
     fn drive(&mut self, slot: usize) {
-        let env = Env { config: &self.config, userlist: &self.userlist };
+        let connections = self.clients.len() - self.free.len();
+        let env = Env { config: &self.config, userlist: &self.userlist, connections };
         let verdict = match self.clients.get_mut(slot) {
             Some(Some(c)) => c.advance(&env),
             _ => return,
@@ -398,6 +426,15 @@ impl Listener {
                 self.send(&Msg::CancelRequest { pid, key }, Vec::new(), "cancel request");
             }
             Verdict::HandOff => self.hand_off(slot),
+            Verdict::Admin(command) => {
+                let id = self.next_admin_id;
+                self.next_admin_id += 1;
+                if let Some(Some(Client { phase: Phase::Console(console), .. })) = self.clients.get_mut(slot) {
+                    console.asked(id);
+                }
+                self.admin_requests.insert(id, slot);
+                self.send(&Msg::AdminRequest { id, command }, Vec::new(), "console command");
+            }
         }
     }
 
@@ -465,6 +502,12 @@ impl Listener {
             match self.channel.recv() {
                 Ok(Some((msg, _fds))) => match msg {
                     Msg::Shutdown => self.begin_shutdown(),
+                    Msg::AdminReply { id, last, part } => self.admin_reply(id, last, &part),
+                    Msg::Accepting { on } => self.set_tcp_accepting(on),
+                    Msg::SetConfig { key, value } => match self.config.with_setting(&key, &value) {
+                        Ok(c) => self.config = Arc::new(c),
+                        Err(e) => warn!("SET {key}: {e:?}"),
+                    },
                     other => warn!("unexpected {} from the supervisor", other.name()),
                 },
                 Ok(None) => return,
@@ -484,6 +527,49 @@ impl Listener {
         }
     }
 
+    /// A piece of the supervisor's answer to a console command.
+    fn admin_reply(&mut self, id: u64, last: bool, part: &[u8]) {
+        let Some(&slot) = self.admin_requests.get(&id) else { return };
+        if last {
+            self.admin_requests.remove(&id);
+        }
+        let local = Local { login_clients: self.clients.len() - self.free.len() };
+        let Some(Some(c)) = self.clients.get_mut(slot) else { return };
+        let Phase::Console(console) = &mut c.phase else { return };
+        if let Some(bytes) = console.on_reply_part(id, part, last, &local) {
+            c.out.extend_from_slice(&bytes);
+            // Pipelined console queries wait in the buffer: look at them now.
+            c.readable = true;
+            self.drive(slot);
+        }
+    }
+
+    /// Stops or resumes accepting on the TCP sockets (SHUTDOWN WAIT_*, SUSPEND); the Unix socket stays open so an
+    /// administrator can still reach the console.
+    fn set_tcp_accepting(&mut self, on: bool) {
+        if self.tcp_stopped != on {
+            return;
+        }
+        self.tcp_stopped = !on;
+        info!("{} accepting TCP connections", if on { "resuming" } else { "stopping" });
+        for (i, entry) in self.listen.iter_mut().enumerate() {
+            let Some(l) = entry else { continue };
+            if !matches!(l.sock, Acceptor::Tcp(_)) {
+                continue;
+            }
+            let token = Token(LISTEN_BASE - i);
+            if on {
+                if let Err(e) = self.poll.registry().register(l.source(), token, Interest::READABLE) {
+                    error!("{}: cannot resume accepting: {e}", l.name);
+                }
+                l.ready = true;
+            } else {
+                let _ = self.poll.registry().deregister(l.source());
+                l.ready = false;
+            }
+        }
+    }
+
     fn begin_shutdown(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -493,6 +579,16 @@ impl Listener {
         for entry in self.listen.iter_mut() {
             if let Some(mut l) = entry.take() {
                 let _ = self.poll.registry().deregister(l.source());
+            }
+        }
+        // Console sessions end with the pooler.
+        for slot in 0..self.clients.len() {
+            if let Some(Some(c)) = self.clients.get_mut(slot) {
+                if matches!(c.phase, Phase::Console(_)) {
+                    backend::error_response(&mut c.out, "FATAL", "57P01", "pgmux is shutting down");
+                    c.phase = Phase::Closing { deadline: Instant::now() + CLOSE_LINGER, shut: false, discarded: 0 };
+                    self.drive(slot);
+                }
             }
         }
         self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
@@ -515,7 +611,7 @@ impl Listener {
             let Some(Some(c)) = self.clients.get_mut(slot) else { continue };
             match c.phase {
                 Phase::Closing { deadline, .. } if now >= deadline => self.remove(slot),
-                Phase::Closing { .. } => {}
+                Phase::Closing { .. } | Phase::Console(_) => {}
                 _ if !timeout.is_zero() && now.duration_since(c.accepted) > timeout => {
                     c.fail("08P01", "client_login_timeout".into(), None);
                     self.drive(slot);
@@ -549,9 +645,18 @@ impl Client {
             }
             match self.phase {
                 Phase::Closing { .. } => return self.advance_closing(),
-                Phase::HandingOff => {
-                    return if self.out.is_empty() { Verdict::HandOff } else { Verdict::Wait };
+                Phase::HandingOff if !self.out.is_empty() => return Verdict::Wait,
+                Phase::HandingOff
+                    if self.login.as_ref().is_some_and(|l| crate::admin::is_console_database(&l.database)) =>
+                {
+                    self.start_console(env);
+                    continue;
                 }
+                Phase::HandingOff => return Verdict::HandOff,
+                Phase::Console(_) => match self.advance_console(env) {
+                    Some(v) => return v,
+                    None => continue,
+                },
                 Phase::ReadingStartup | Phase::Authenticating(_) => {}
             }
             match self.process(env) {
@@ -593,7 +698,7 @@ impl Client {
         match self.phase {
             Phase::ReadingStartup => return self.process_startup(env),
             Phase::Authenticating(_) => {}
-            Phase::HandingOff | Phase::Closing { .. } => return None,
+            Phase::HandingOff | Phase::Closing { .. } | Phase::Console(_) => return None,
         }
         // Judge the header before buffering the body: only small password messages are valid now.
         let h = peek_header(&self.inbuf)?;
@@ -661,7 +766,14 @@ impl Client {
         let (user, database) = (user.to_owned(), database.to_owned());
         let params = s.params.into_iter().filter(|(n, _)| n != "user" && n != "database").collect();
         self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params });
-        if env.config.database(&database).is_none() {
+        let console = crate::admin::is_console_database(&database);
+        if console && self.addr == "unix" && crate::admin::is_own_user_over_unix(&self.sock, &user) {
+            // PgBouncer lets the OS user running it into the console over the Unix socket without a password.
+            self.peer_admin = true;
+            self.phase = Phase::HandingOff;
+            return;
+        }
+        if !console && env.config.database(&database).is_none() {
             self.fail("3D000", format!("no such database: {database}"), None);
             return;
         }
@@ -685,6 +797,59 @@ impl Client {
                     _ => None,
                 };
                 self.fail(code, message, detail.as_deref());
+            }
+        }
+    }
+
+    /// Authenticated to the console database: admin_users (or the OS user over the Unix socket) get every command,
+    /// stats_users SHOW only, anybody else is refused as PgBouncer refuses them.
+    fn start_console(&mut self, env: &Env<'_>) {
+        let user = self.login.as_ref().map(|l| l.user.clone()).unwrap_or_default();
+        let pooler = &env.config.pooler;
+        let admin = self.peer_admin || pooler.admin_users.contains(&user);
+        if !admin && !pooler.stats_users.contains(&user) {
+            self.fail("08P01", "not allowed".into(), None);
+            return;
+        }
+        let mut key = [0u8; 8];
+        let _ = pgmux_proto::auth::random_bytes(&mut key);
+        let [a, b, c, d, e, f, g, h] = key;
+        // The console cannot be cancelled (a CancelRequest names no session); its key is only for clients that
+        // expect one.
+        Console::greeting(
+            &mut self.out,
+            u32::from_be_bytes([a, b, c, d]) & 0x7fff_ffff,
+            u32::from_be_bytes([e, f, g, h]),
+        );
+        info!("console login: user={user} addr={} ({})", self.addr, if admin { "admin" } else { "stats" });
+        self.phase = Phase::Console(Box::new(Console::new(admin)));
+    }
+
+    /// Runs the console until it waits. None: continue the connection's loop (bytes to flush, or it closes).
+    fn advance_console(&mut self, env: &Env<'_>) -> Option<Verdict> {
+        let local = Local { login_clients: env.connections };
+        loop {
+            let Phase::Console(console) = &mut self.phase else { return None };
+            match console.on_input(&mut self.inbuf, &local) {
+                Step::Send(bytes) => {
+                    self.out.extend_from_slice(&bytes);
+                    return None;
+                }
+                Step::Ask(command) => return Some(Verdict::Admin(command)),
+                Step::Close(bytes) => {
+                    self.out.extend_from_slice(&bytes);
+                    self.inbuf = Vec::new();
+                    self.phase = Phase::Closing { deadline: Instant::now() + CLOSE_LINGER, shut: false, discarded: 0 };
+                    return None;
+                }
+                Step::Wait if console.waiting_for().is_some() || !self.readable => return Some(Verdict::Wait),
+                Step::Wait => {}
+            }
+            // A whole console query is at most 64 KiB; more buffered than that has already been refused.
+            match self.sock.read_into(&mut self.inbuf, READ_CHUNK) {
+                Ok(ReadOutcome::Data { .. }) => {}
+                Ok(ReadOutcome::WouldBlock) => self.readable = false,
+                Ok(ReadOutcome::Eof) | Err(_) => return Some(Verdict::Drop),
             }
         }
     }

@@ -31,6 +31,8 @@ use crate::process;
 use crate::sockets::ListenSocket;
 use crate::worker::{self, WorkerContext};
 
+mod admin;
+
 const SIGNALS: Token = Token(0);
 const FIRST_CHILD: usize = 2;
 const TICK: Duration = Duration::from_millis(100);
@@ -92,6 +94,8 @@ pub struct Supervisor {
     listener_backoff: HashMap<u32, Duration>,
     shutdown_deadline: Option<Instant>,
     me: Pid,
+    /// The admin console's state: worker reports, pause/disable flags, commands waiting (`supervisor/admin.rs`).
+    admin: admin::AdminState,
 }
 
 impl Supervisor {
@@ -105,6 +109,7 @@ impl Supervisor {
             .register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)
             .map_err(|e| format!("register signalfd: {e}"))?;
         Ok(Supervisor {
+            admin: admin::AdminState::new(config.pooler.stats_period),
             config: Arc::new(config),
             userlist: Arc::new(userlist),
             listen,
@@ -252,6 +257,7 @@ impl Supervisor {
         if let Some(p) = self.pools.get_mut(pool) {
             p.workers.push(slot);
         }
+        self.admin_worker_started(slot, pool);
         Ok(slot)
     }
 
@@ -312,6 +318,7 @@ impl Supervisor {
             (Some(Role::Worker { .. }), Msg::WorkerStatus { upstream_up, sessions }) => {
                 debug!("worker in slot {slot}: upstream_up={upstream_up} sessions={sessions}");
             }
+            (_, m @ (Msg::AdminRequest { .. } | Msg::WorkerStats { .. })) => self.on_admin_message(slot, m),
             (_, other) => warn!("unexpected {} from child slot {slot}", other.name()),
         }
     }
@@ -343,6 +350,11 @@ impl Supervisor {
                 return;
             }
         };
+        if let Some((code, message)) = self.admin_refusal(&record.database) {
+            refuse(fd, code, &message);
+            return;
+        }
+        self.admin_login(&record, &fd);
         self.cancel_keys.insert((record.cancel_pid, record.cancel_key), record.session_id);
         self.place(pool, record, fd);
     }
@@ -370,6 +382,13 @@ impl Supervisor {
 
     /// Give a session to a worker of its pool, starting one if the pool may grow, or let it wait.
     fn place(&mut self, pool: usize, record: SessionRecord, fd: OwnedFd) {
+        if self.admin_holds(pool) {
+            // PAUSE: new sessions wait here until RESUME.
+            if let Some(p) = self.pools.get_mut(pool) {
+                p.waiting.push_back((record, fd));
+            }
+            return;
+        }
         let Some(p) = self.pools.get(pool) else { return };
         let may_spawn = p.workers.len() < p.size && p.respawn_at.is_none_or(|t| Instant::now() >= t);
         let session_mode = p.mode == PoolMode::Session;
@@ -470,6 +489,9 @@ impl Supervisor {
 
     /// Place waiting sessions while the pool can take them.
     fn drain_waiting(&mut self, pool: usize) {
+        if self.admin_holds(pool) {
+            return;
+        }
         loop {
             let Some(p) = self.pools.get_mut(pool) else { return };
             let Some((record, fd)) = p.waiting.pop_front() else { return };
@@ -540,6 +562,7 @@ impl Supervisor {
         };
         let Some(child) = self.children.get_mut(slot).and_then(|c| c.take()) else { return };
         let _ = self.poll.registry().deregister(&mut SourceFd(&child.channel.as_raw_fd()));
+        self.admin_child_gone(slot, child.role);
         let how = match status {
             WaitStatus::Exited(_, code) => format!("exit code {code}"),
             WaitStatus::Signaled(_, sig, _) => format!("signal {sig}"),
@@ -617,6 +640,7 @@ impl Supervisor {
                 self.drain_waiting(pool);
             }
         }
+        self.admin_tick();
         for slot in 0..self.children.len() {
             let pending = self.children.get(slot).and_then(|c| c.as_ref()).is_some_and(|c| !c.outbox.is_empty());
             if pending {
@@ -647,6 +671,24 @@ impl Supervisor {
         for c in self.children.iter().flatten() {
             let _ = signal::kill(c.pid, sig);
         }
+    }
+}
+
+// ----- configuration reload -----
+
+impl Supervisor {
+    /// Re-reads pooler.toml and its auth_file and, if both are valid, makes them the configuration children
+    /// started from now on get (the admin console's RELOAD). An invalid file changes nothing.
+    fn reload(&mut self) -> Result<(), String> {
+        let config = Config::load(&self.config.path).map_err(|e| e.to_string())?;
+        let userlist = match &config.pooler.auth_file {
+            Some(path) => UserList::load(path).map_err(|e| e.to_string())?,
+            None => UserList::default(),
+        };
+        info!("configuration reloaded from {}", self.config.path.display());
+        self.config = Arc::new(config);
+        self.userlist = Arc::new(userlist);
+        Ok(())
     }
 }
 

@@ -14,3 +14,19 @@ pub mod show;
 pub fn is_console_database(name: &str) -> bool {
     name == "pgbouncer" || name == "pgmux"
 }
+
+/// Whether a client on the Unix socket runs as the OS user running pgmux and asks for a console user name that
+/// PgBouncer lets in that way ("pgbouncer"; also "pgmux" or the OS user's own name): then it needs no password.
+pub fn is_own_user_over_unix(sock: &impl std::os::fd::AsFd, user: &str) -> bool {
+    let Ok(cred) = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials) else {
+        return false;
+    };
+    let me = nix::unistd::getuid();
+    if cred.uid() != me.as_raw() {
+        return false;
+    }
+    if user == "pgbouncer" || user == "pgmux" {
+        return true;
+    }
+    matches!(nix::unistd::User::from_uid(me), Ok(Some(u)) if u.name == user)
+}
