@@ -283,7 +283,7 @@ fn strip_semicolon(toks: &[Tok]) -> Option<&[Tok]> {
         Some((Tok::Semi, rest)) => rest,
         _ => toks,
     };
-    if toks.iter().any(|t| *t == Tok::Semi) || toks.is_empty() {
+    if toks.contains(&Tok::Semi) || toks.is_empty() {
         return None;
     }
     Some(toks)

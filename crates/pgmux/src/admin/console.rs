@@ -282,7 +282,7 @@ mod tests {
         // A snapshot where a command completion was expected is a bug, reported as such.
         assert_eq!(c.on_input(&mut query("reload"), &Local::default()), Step::Ask(AdminCommand::Reload));
         c.asked(3);
-        assert_eq!(tags(&reply_bytes(&mut c, 3, &AdminReply::Snapshot(Box::new(Snapshot::default())))), b"EZ");
+        assert_eq!(tags(&reply_bytes(&mut c, 3, &AdminReply::Snapshot(Box::default()))), b"EZ");
         // Garbage from the supervisor is an error for this command, not a panic.
         assert_eq!(c.on_input(&mut query("reload"), &Local::default()), Step::Ask(AdminCommand::Reload));
         c.asked(4);

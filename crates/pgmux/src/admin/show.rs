@@ -319,7 +319,7 @@ fn counter_values(c: &Counters) -> Vec<Option<String>> {
         c.bind_count,
     ]
     .iter()
-    .map(|v| n(v))
+    .map(n)
     .collect()
 }
 
@@ -970,7 +970,7 @@ mod tests {
         assert_eq!(t.columns.len(), 12);
         assert_eq!(get(&t, 0, "query_count"), "140");
         let a = result(Show::StatsAverages, &snap, &Local::default());
-        assert_eq!(a.columns.iter().map(|c| c.0).last(), Some("avg_bind_count"));
+        assert_eq!(a.columns.last().map(|c| c.0), Some("avg_bind_count"));
         assert_eq!(get(&a, 0, "query_count"), "2");
         let totals = result(Show::Totals, &snap, &Local::default());
         assert_eq!(totals.rows.len(), 22);
