@@ -611,3 +611,240 @@ fn psql_unix(pgmux: &Pgmux, user: &str, sql: &str) -> std::process::Output {
         .stdin(Stdio::null());
     cmd.output().expect("spawn psql")
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// controls
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A console connection string for `user` (trust auth in these tests).
+fn console_conn(pgmux: &Pgmux, user: &str) -> String {
+    pgmux.conn_str("pgbouncer", user, "")
+}
+
+fn connect(conn: &str) -> postgres::Client {
+    postgres::Client::connect(conn, postgres::NoTls).unwrap_or_else(|e| panic!("connect {conn}: {e:?}"))
+}
+
+fn backend_pid(c: &mut postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0)
+}
+
+/// True if `rx` has nothing after `wait`: the operation it stands for is blocked.
+fn still_blocked<T>(rx: &mpsc::Receiver<T>, wait: Duration) -> bool {
+    matches!(rx.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout))
+}
+
+#[test]
+fn pause_waits_for_servers_and_resume_releases_clients() {
+    let pgmux = Pgmux::start(config().set("default_pool_size", "2"));
+    let mut admin = console(&pgmux, "admin");
+    let mut in_txn = pgmux.client("appdb", "alice");
+    let mut other = pgmux.client("appdb", "alice");
+    other.batch_execute("SELECT 1").unwrap();
+    in_txn.batch_execute("BEGIN; SELECT 1").unwrap();
+    let console = console_conn(&pgmux, "admin");
+    let app = pgmux.conn_str("appdb", "alice", "");
+    with_deadline(&pgmux, Duration::from_secs(60), || {
+        // PAUSE waits until the open transaction ends.
+        let c2 = console.clone();
+        let pause = spawn(move || connect(&c2).simple_query("PAUSE appdb").map(|_| ()).map_err(|e| db_error(&e)));
+        assert!(still_blocked(&pause, Duration::from_millis(400)), "PAUSE returned while a transaction was open");
+        let dbs = rows(&mut admin, "SHOW DATABASES");
+        assert_eq!(find(&dbs, "name", "appdb")["paused"], "1");
+        in_txn.batch_execute("COMMIT").unwrap();
+        assert_eq!(pause.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(()));
+        // Paused: every server of the database is closed, as PgBouncer does for a database restart.
+        let servers = rows(&mut admin, "SHOW SERVERS");
+        assert!(servers.iter().all(|r| r["database"] != "appdb"), "{servers:?}");
+        // Queries and new logins wait.
+        let query = spawn(move || other.simple_query("SELECT 1").map(|_| other).map_err(|e| db_error(&e)));
+        let app2 = app.clone();
+        let login = spawn(move || postgres::Client::connect(&app2, postgres::NoTls).map_err(|e| e.to_string()));
+        assert!(still_blocked(&query, Duration::from_millis(400)), "a query ran while paused");
+        assert!(still_blocked(&login, Duration::from_millis(10)), "a login completed while paused");
+        wait_until(Duration::from_secs(5), "both clients waiting", || {
+            num(find(&rows(&mut admin, "SHOW POOLS"), "database", "appdb"), "cl_waiting") == 2
+        });
+        assert_eq!(console_err(&mut admin, "RESUME otherdb"), "database otherdb is not paused");
+        admin.simple_query("RESUME appdb").unwrap();
+        let mut other = query.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        let mut fresh = login.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        fresh.batch_execute("SELECT 1").unwrap();
+        other.batch_execute("SELECT 1").unwrap();
+        assert_eq!(console_err(&mut admin, "RESUME appdb"), "database appdb is not paused");
+        assert_eq!(console_err(&mut admin, "RESUME"), "pooler is not paused/suspended");
+        // Global PAUSE, SHOW STATE, RESUME; SUSPEND likewise.
+        admin.simple_query("PAUSE").unwrap();
+        assert_eq!(find(&rows(&mut admin, "SHOW STATE"), "key", "paused")["value"], "yes");
+        assert_eq!(console_err(&mut admin, "SUSPEND"), "already suspended/paused");
+        admin.simple_query("RESUME").unwrap();
+        admin.simple_query("SUSPEND").unwrap();
+        assert_eq!(find(&rows(&mut admin, "SHOW STATE"), "key", "suspended")["value"], "yes");
+        admin.simple_query("RESUME").unwrap();
+        assert_eq!(find(&rows(&mut admin, "SHOW STATE"), "key", "active")["value"], "yes");
+        other.batch_execute("SELECT 1").unwrap();
+        assert_eq!(console_err(&mut admin, "PAUSE pgbouncer"), "cannot pause admin db: pgbouncer");
+    });
+    pgmux.stop();
+}
+
+#[test]
+fn disable_refuses_new_clients_only() {
+    let pgmux = Pgmux::start(config().remove_database("*"));
+    let mut admin = console(&pgmux, "admin");
+    let mut existing = pgmux.client("appdb", "alice");
+    admin.simple_query("DISABLE appdb").unwrap();
+    let e = pgmux.try_client("appdb", "alice", "").map(|_| ()).unwrap_err();
+    assert_eq!(db_error(&e), "database does not allow connections: appdb");
+    existing.batch_execute("SELECT 1").unwrap();
+    pgmux.client("otherdb", "alice").batch_execute("SELECT 1").unwrap();
+    assert_eq!(find(&rows(&mut admin, "SHOW DATABASES"), "name", "appdb")["disabled"], "1");
+    admin.simple_query("ENABLE appdb").unwrap();
+    pgmux.client("appdb", "alice").batch_execute("SELECT 1").unwrap();
+    assert_eq!(console_err(&mut admin, "DISABLE nosuchdb"), "no such database: nosuchdb");
+    assert_eq!(console_err(&mut admin, "DISABLE"), "a database is required");
+    pgmux.stop();
+}
+
+#[test]
+fn kill_client_and_kill_database() {
+    let pgmux = Pgmux::start(config());
+    let mut admin = console(&pgmux, "admin");
+    let mut victim = connect(&format!("{} application_name=victim", pgmux.conn_str("appdb", "alice", "")));
+    let mut bystander = pgmux.client("appdb", "alice");
+    let mut elsewhere = pgmux.client("otherdb", "alice");
+    victim.batch_execute("SELECT 1").unwrap();
+    let clients = rows(&mut admin, "SHOW CLIENTS");
+    let id = find(&clients, "application_name", "victim")["id"].clone();
+    admin.simple_query(&format!("KILL_CLIENT {id}")).unwrap();
+    let e = victim.batch_execute("SELECT 1").unwrap_err();
+    assert!(e.is_closed() || db_error(&e).contains("admin forced disconnect"), "{e:?}");
+    bystander.batch_execute("SELECT 1").unwrap();
+    assert_eq!(console_err(&mut admin, &format!("KILL_CLIENT {id}")), "client not found");
+
+    // KILL drops every client and server of the database and leaves it paused.
+    admin.simple_query("KILL appdb").unwrap();
+    let e = bystander.batch_execute("SELECT 1").unwrap_err();
+    assert!(e.is_closed() || db_error(&e).contains("database removed"), "{e:?}");
+    elsewhere.batch_execute("SELECT 1").unwrap();
+    wait_until(Duration::from_secs(5), "appdb's servers gone", || {
+        rows(&mut admin, "SHOW SERVERS").iter().all(|r| r["database"] != "appdb")
+    });
+    assert_eq!(find(&rows(&mut admin, "SHOW DATABASES"), "name", "appdb")["paused"], "1");
+    let app = pgmux.conn_str("appdb", "alice", "");
+    with_deadline(&pgmux, Duration::from_secs(30), || {
+        let login = spawn(move || postgres::Client::connect(&app, postgres::NoTls).map_err(|e| e.to_string()));
+        assert!(still_blocked(&login, Duration::from_millis(400)), "a login to a killed database went through");
+        admin.simple_query("RESUME appdb").unwrap();
+        login.recv_timeout(Duration::from_secs(10)).unwrap().unwrap().batch_execute("SELECT 1").unwrap();
+    });
+    assert_eq!(console_err(&mut admin, "KILL pgbouncer"), "cannot kill admin db: pgbouncer");
+    pgmux.stop();
+}
+
+#[test]
+fn reconnect_and_wait_close() {
+    let pgmux = Pgmux::start(config().set("default_pool_size", "1"));
+    let mut admin = console(&pgmux, "admin");
+    let mut c = pgmux.client("appdb", "alice");
+    let before = backend_pid(&mut c);
+    c.batch_execute("BEGIN").unwrap();
+    admin.simple_query("RECONNECT appdb").unwrap();
+    let servers = rows(&mut admin, "SHOW SERVERS");
+    assert_eq!(find(&servers, "remote_pid", &before.to_string())["close_needed"], "1");
+    let console = console_conn(&pgmux, "admin");
+    with_deadline(&pgmux, Duration::from_secs(30), || {
+        let wait =
+            spawn(move || connect(&console).simple_query("WAIT_CLOSE appdb").map(|_| ()).map_err(|e| db_error(&e)));
+        assert!(still_blocked(&wait, Duration::from_millis(400)), "WAIT_CLOSE returned while the server was in use");
+        assert_eq!(backend_pid(&mut c), before, "the transaction keeps its server");
+        c.batch_execute("COMMIT").unwrap();
+        assert_eq!(wait.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(()));
+    });
+    assert_ne!(backend_pid(&mut c), before, "a new server after RECONNECT");
+    admin.simple_query("WAIT_CLOSE").unwrap();
+    assert_eq!(console_err(&mut admin, "RECONNECT pgbouncer"), "cannot reconnect admin db: pgbouncer");
+    pgmux.stop();
+}
+
+#[test]
+fn set_and_reload_reach_every_process() {
+    let pgmux = Pgmux::start(config().set("default_pool_size", "1"));
+    let mut admin = console(&pgmux, "admin");
+    // SET reaches the workers: a client waiting behind a busy server now times out after a second.
+    admin.simple_query("SET query_wait_timeout = 1").unwrap();
+    assert_eq!(find(&rows(&mut admin, "SHOW CONFIG"), "key", "query_wait_timeout")["value"], "1");
+    let mut holder = pgmux.client("appdb", "alice");
+    holder.batch_execute("CREATE TEMP TABLE t (x int)").unwrap();
+    let mut waiter = pgmux.client("appdb", "alice");
+    let started = Instant::now();
+    let e = waiter.batch_execute("SELECT 1").unwrap_err();
+    assert!(db_error(&e).contains("query_wait_timeout") || e.is_closed(), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    drop(holder);
+    for (sql, want) in [
+        ("SET listen_port = 1", "SET failed: listen_port cannot be changed while pgmux runs"),
+        ("SET nonsense = 1", "SET failed: unknown parameter nonsense"),
+        ("SET max_client_conn = 'many'", "SET failed: max_client_conn: \"many\" is not an integer"),
+    ] {
+        assert_eq!(console_err(&mut admin, sql), want);
+    }
+
+    // RELOAD reads the file again; changed settings reach the listeners (alice becomes a stats user).
+    assert_eq!(db_error(&pgmux.try_client("pgbouncer", "alice", "").map(|_| ()).unwrap_err()), "not allowed");
+    let path = pgmux.socket_dir().join("pooler.toml");
+    let text = pgmux.config().clone().set("stats_users", "\"stats, alice\"").to_toml();
+    std::fs::write(&path, &text).unwrap();
+    admin.simple_query("RELOAD").unwrap();
+    assert_eq!(find(&rows(&mut admin, "SHOW CONFIG"), "key", "stats_users")["value"], "stats,alice");
+    let mut alice = pgmux.try_client("pgbouncer", "alice", "").unwrap();
+    assert_eq!(console_err(&mut alice, "RELOAD"), "admin access needed");
+    // A broken file changes nothing.
+    std::fs::write(&path, "[pooler]\nlisten_port = \"x\"\n").unwrap();
+    let e = admin.simple_query("RELOAD").unwrap_err();
+    assert_eq!(db_error(&e), "RELOAD failed, see logs for additional details");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("F0000"));
+    assert_eq!(find(&rows(&mut admin, "SHOW CONFIG"), "key", "stats_users")["value"], "stats,alice");
+    std::fs::write(&path, &text).unwrap();
+    pgmux.stop();
+}
+
+#[test]
+fn shutdown_wait_for_clients() {
+    let pgmux = Pgmux::start(config());
+    let mut admin = console(&pgmux, "admin");
+    let mut c = pgmux.client("appdb", "alice");
+    admin.simple_query("SHUTDOWN WAIT_FOR_CLIENTS").unwrap();
+    // New TCP connections are refused; the Unix socket still reaches the console; existing clients go on.
+    wait_until(Duration::from_secs(5), "TCP refused", || TcpStream::connect(("127.0.0.1", pgmux.port())).is_err());
+    let out = psql_unix(&pgmux, "pgbouncer", "SHOW STATE");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.batch_execute("SELECT 1").unwrap();
+    assert!(!exited(pgmux.pid()));
+    drop(c);
+    drop(admin);
+    wait_until(Duration::from_secs(10), "pgmux exits once the last client left", || exited(pgmux.pid()));
+    pgmux.stop();
+}
+
+#[test]
+fn shutdown_wait_for_servers_and_immediate() {
+    let pgmux = Pgmux::start(config());
+    let mut admin = console(&pgmux, "admin");
+    let mut c = pgmux.client("appdb", "alice");
+    c.batch_execute("BEGIN; SELECT 1").unwrap();
+    admin.simple_query("SHUTDOWN WAIT_FOR_SERVERS").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!exited(pgmux.pid()), "pgmux exited while a transaction was open");
+    c.batch_execute("COMMIT").unwrap();
+    wait_until(Duration::from_secs(10), "pgmux exits once the server is released", || exited(pgmux.pid()));
+    pgmux.stop();
+
+    // SHUTDOWN without a mode: no answer, the console connection ends with pgmux.
+    let pgmux = Pgmux::start(config());
+    let mut admin = console(&pgmux, "admin");
+    let e = admin.simple_query("SHUTDOWN").unwrap_err();
+    assert!(e.is_closed() || e.as_db_error().is_some_and(|d| d.code().code() == "57P01"), "{e:?}");
+    wait_until(Duration::from_secs(10), "pgmux exits", || exited(pgmux.pid()));
+    pgmux.stop();
+}

@@ -28,7 +28,7 @@ const TAG_PAUSE_SESSIONS: u8 = 44;
 const TAG_KILL_SESSIONS: u8 = 45;
 const TAG_KILL_SESSION: u8 = 46;
 const TAG_RECONNECT_UPSTREAM: u8 = 47;
-const TAG_ACCEPTING: u8 = 48;
+const TAG_CLOSE_TCP: u8 = 48;
 const TAG_SET_CONFIG: u8 = 49;
 
 /// One message between two pgmux processes.
@@ -104,10 +104,9 @@ pub enum Msg {
     },
     /// supervisor → worker: RECONNECT: close the upstream once it is released; the next turn opens a new one.
     ReconnectUpstream,
-    /// supervisor → listener: stop (SHUTDOWN WAIT_FOR_*, SUSPEND) or resume accepting new connections.
-    Accepting {
-        on: bool,
-    },
+    /// supervisor → listener: SHUTDOWN WAIT_FOR_*: close the TCP listen sockets, so new connections are refused
+    /// (the Unix socket stays, for the console).
+    CloseTcp,
     /// supervisor → any child: a `[pooler]` setting changed (console SET), already validated by the supervisor.
     SetConfig {
         key: String,
@@ -266,7 +265,7 @@ impl Msg {
             Msg::KillSessions => "KillSessions",
             Msg::KillSession { .. } => "KillSession",
             Msg::ReconnectUpstream => "ReconnectUpstream",
-            Msg::Accepting { .. } => "Accepting",
+            Msg::CloseTcp => "CloseTcp",
             Msg::SetConfig { .. } => "SetConfig",
         }
     }
@@ -289,7 +288,7 @@ impl Msg {
             | Msg::KillSessions
             | Msg::KillSession { .. }
             | Msg::ReconnectUpstream
-            | Msg::Accepting { .. }
+            | Msg::CloseTcp
             | Msg::SetConfig { .. } => 0,
         }
     }
@@ -360,10 +359,7 @@ impl Msg {
                 out.extend_from_slice(&session_id.to_be_bytes());
             }
             Msg::ReconnectUpstream => out.push(TAG_RECONNECT_UPSTREAM),
-            Msg::Accepting { on } => {
-                out.push(TAG_ACCEPTING);
-                out.push(u8::from(*on));
-            }
+            Msg::CloseTcp => out.push(TAG_CLOSE_TCP),
             Msg::SetConfig { key, value } => {
                 out.push(TAG_SET_CONFIG);
                 crate::wire::put_str(out, key);
@@ -393,7 +389,7 @@ impl Msg {
             TAG_KILL_SESSIONS => "KillSessions",
             TAG_KILL_SESSION => "KillSession",
             TAG_RECONNECT_UPSTREAM => "ReconnectUpstream",
-            TAG_ACCEPTING => "Accepting",
+            TAG_CLOSE_TCP => "CloseTcp",
             TAG_SET_CONFIG => "SetConfig",
             other => return Err(MessageError::UnknownTag(other)),
         };
@@ -415,7 +411,7 @@ impl Msg {
             TAG_KILL_SESSIONS => Msg::KillSessions,
             TAG_KILL_SESSION => Msg::KillSession { session_id: f.u64("session_id")? },
             TAG_RECONNECT_UPSTREAM => Msg::ReconnectUpstream,
-            TAG_ACCEPTING => Msg::Accepting { on: f.bool("on")? },
+            TAG_CLOSE_TCP => Msg::CloseTcp,
             TAG_SET_CONFIG => Msg::SetConfig { key: f.string("key")?, value: f.string("value")? },
             // The only tag left after the match above.
             _ => Msg::WorkerStatus { upstream_up: f.bool("upstream_up")?, sessions: f.u32("sessions")? },
@@ -450,7 +446,7 @@ mod tests {
             Msg::KillSessions,
             Msg::KillSession { session_id: 5 },
             Msg::ReconnectUpstream,
-            Msg::Accepting { on: false },
+            Msg::CloseTcp,
             Msg::SetConfig { key: "query_wait_timeout".into(), value: "5".into() },
         ]
     }

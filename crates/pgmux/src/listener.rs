@@ -187,8 +187,6 @@ struct Listener {
     /// Console commands sent to the supervisor: request id → connection slot.
     admin_requests: std::collections::HashMap<u64, usize>,
     next_admin_id: u64,
-    /// SHUTDOWN WAIT_* or SUSPEND: TCP sockets are not accepted from (the Unix socket stays, for the console).
-    tcp_stopped: bool,
 }
 
 impl Listener {
@@ -226,7 +224,6 @@ impl Listener {
             exit: None,
             admin_requests: std::collections::HashMap::new(),
             next_admin_id: 1,
-            tcp_stopped: false,
         })
     }
 
@@ -297,9 +294,6 @@ impl Listener {
                     return;
                 }
                 let Some(Some(l)) = self.listen.get_mut(i) else { break };
-                if self.tcp_stopped && matches!(l.sock, Acceptor::Tcp(_)) {
-                    l.ready = false;
-                }
                 if !l.ready {
                     break;
                 }
@@ -503,7 +497,7 @@ impl Listener {
                 Ok(Some((msg, _fds))) => match msg {
                     Msg::Shutdown => self.begin_shutdown(),
                     Msg::AdminReply { id, last, part } => self.admin_reply(id, last, &part),
-                    Msg::Accepting { on } => self.set_tcp_accepting(on),
+                    Msg::CloseTcp => self.close_tcp(),
                     Msg::SetConfig { key, value } => match self.config.with_setting(&key, &value) {
                         Ok(c) => self.config = Arc::new(c),
                         Err(e) => warn!("SET {key}: {e:?}"),
@@ -544,28 +538,15 @@ impl Listener {
         }
     }
 
-    /// Stops or resumes accepting on the TCP sockets (SHUTDOWN WAIT_*, SUSPEND); the Unix socket stays open so an
-    /// administrator can still reach the console.
-    fn set_tcp_accepting(&mut self, on: bool) {
-        if self.tcp_stopped != on {
-            return;
-        }
-        self.tcp_stopped = !on;
-        info!("{} accepting TCP connections", if on { "resuming" } else { "stopping" });
-        for (i, entry) in self.listen.iter_mut().enumerate() {
-            let Some(l) = entry else { continue };
-            if !matches!(l.sock, Acceptor::Tcp(_)) {
-                continue;
-            }
-            let token = Token(LISTEN_BASE - i);
-            if on {
-                if let Err(e) = self.poll.registry().register(l.source(), token, Interest::READABLE) {
-                    error!("{}: cannot resume accepting: {e}", l.name);
+    /// SHUTDOWN WAIT_FOR_*: closes the TCP listen sockets (the supervisor closes its copies too, so new TCP
+    /// connections are refused); the Unix socket stays open so an administrator can still reach the console.
+    fn close_tcp(&mut self) {
+        for entry in self.listen.iter_mut() {
+            if matches!(entry, Some(ListenEntry { sock: Acceptor::Tcp(_), .. })) {
+                if let Some(mut l) = entry.take() {
+                    info!("closing {}", l.name);
+                    let _ = self.poll.registry().deregister(l.source());
                 }
-                l.ready = true;
-            } else {
-                let _ = self.poll.registry().deregister(l.source());
-                l.ready = false;
             }
         }
     }

@@ -601,7 +601,6 @@ impl Supervisor {
         }
         info!("SUSPEND command issued");
         self.admin.pause = Some(PauseKind::Suspend);
-        self.set_accepting(false);
         self.apply_pause();
         self.wait_for(Some((listener, id)), WaitFor::Released { db: None });
         Ok(None)
@@ -614,10 +613,8 @@ impl Supervisor {
                 if self.admin.shutdown.is_some() || self.shutdown_deadline.is_some() {
                     return Err("pooler is shutting down".into());
                 }
-                match self.admin.pause.take() {
-                    None => return Err("pooler is not paused/suspended".into()),
-                    Some(PauseKind::Suspend) => self.set_accepting(true),
-                    Some(PauseKind::Pause) => {}
+                if self.admin.pause.take().is_none() {
+                    return Err("pooler is not paused/suspended".into());
                 }
             }
             Some(d) => {
@@ -651,10 +648,20 @@ impl Supervisor {
         }
     }
 
-    fn set_accepting(&mut self, on: bool) {
+    /// SHUTDOWN WAIT_FOR_*: new TCP connections are refused from now on (PgBouncer closes its TCP sockets too);
+    /// the Unix socket stays for the console.
+    fn close_tcp(&mut self) {
+        for l in &self.listen {
+            if let crate::sockets::ListenSocket::Tcp { fd, .. } = l {
+                // Every process holds a copy of the socket (children inherit it): shutting it down stops listening
+                // for all of them at once, so new connections are refused rather than left in a backlog.
+                let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Read);
+            }
+        }
+        self.listen.retain(|l| !matches!(l, crate::sockets::ListenSocket::Tcp { .. }));
         for c in self.children.iter_mut().flatten() {
             if matches!(c.role, Role::Listener { .. }) {
-                let _ = c.outbox.send(&c.channel, &Msg::Accepting { on }, Vec::new());
+                let _ = c.outbox.send(&c.channel, &Msg::CloseTcp, Vec::new());
             }
         }
     }
@@ -759,7 +766,7 @@ impl Supervisor {
                 info!("SHUTDOWN WAIT_FOR_SERVERS command issued");
                 self.admin.shutdown = Some(mode);
                 self.admin.pause = Some(PauseKind::Pause);
-                self.set_accepting(false);
+                self.close_tcp();
                 self.apply_pause();
                 self.wait_for(None, WaitFor::Released { db: None });
                 Ok(Some(AdminReply::Done))
@@ -767,7 +774,7 @@ impl Supervisor {
             ShutdownMode::WaitForClients => {
                 info!("SHUTDOWN WAIT_FOR_CLIENTS command issued");
                 self.admin.shutdown = Some(mode);
-                self.set_accepting(false);
+                self.close_tcp();
                 Ok(Some(AdminReply::Done))
             }
         }
