@@ -212,7 +212,6 @@ fn tag_name(tag: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgmux_ipc::admin::Snapshot;
 
     fn query(sql: &str) -> Vec<u8> {
         let mut v = Vec::new();
