@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pgmux_tests::util::{
-    query_message, raw_connect, raw_send, read_backend_message, read_until_ready, startup_packet, wait_closed,
-    wait_until, with_length,
+    query_message, raw_connect, raw_send, read_backend_message, read_until_ready, startup_packet, wait_until,
+    with_length,
 };
 use pgmux_tests::{error_message, Pgmux, PgmuxConfig, Postgres};
 use postgres::error::SqlState;
@@ -829,32 +829,4 @@ fn listener_crash_is_respawned_without_a_storm() {
     pgmux.client("appdb", "alice").simple_query("SELECT 1").expect("login after the storm");
 }
 
-// ----- 10. clean shutdown -----
-
-#[test]
-fn sigterm_closes_idle_clients_and_exits_cleanly() {
-    let pgmux = Pgmux::start(PgmuxConfig::new());
-    let sock = pgmux.socket_dir().join(format!(".s.PGSQL.{}", pgmux.port()));
-    assert!(sock.exists(), "no Unix socket at {}", sock.display());
-    let mut c1 = pgmux.client("appdb", "alice");
-    c1.simple_query("SELECT 1").unwrap();
-    let mut c2 = pgmux.client("otherdb", "bob");
-    c2.simple_query("SELECT 1").unwrap();
-    let mut raw = raw_login(pgmux.port(), "alice", "appdb");
-    raw_query(&mut raw, "SELECT 1");
-
-    pgmux.kill(pgmux.pid(), libc::SIGTERM);
-    // The idle raw client is told, then closed.
-    let (tag, body) = read_backend_message(&mut raw).expect("idle client closed without an error message");
-    assert_eq!(tag, b'E', "expected an ErrorResponse, got '{}'", tag as char);
-    assert_eq!(pgmux_tests::util::error_field(&body, b'C').as_deref(), Some("57P01"), "{}", error_message(&body));
-    assert!(wait_closed(&mut raw));
-    let pid = pgmux.pid();
-    wait_until(Duration::from_secs(10), "the supervisor to exit", || proc_stat(pid).is_none_or(|(s, _, _)| s == 'Z'));
-    assert!(!sock.exists(), "Unix socket {} left behind", sock.display());
-    let err = c1.simple_query("SELECT 1").expect_err("a session survived shutdown");
-    assert!(err.is_closed() || err.as_db_error().is_some() || err.to_string().contains("closed"), "{err:?}");
-    assert!(c2.simple_query("SELECT 1").is_err());
-    let status = pgmux.stop();
-    assert!(status.success(), "pgmux exited with {status}");
-}
+// ----- 10. clean shutdown: see tests/reload.rs (SIGTERM, SIGINT) -----

@@ -17,6 +17,7 @@ const TAG_SESSION_CLOSED: u8 = 6;
 const TAG_WORKER_STATUS: u8 = 7;
 const TAG_MIGRATE: u8 = 8;
 const TAG_DRAINING: u8 = 9;
+const TAG_DRAIN: u8 = 10;
 
 /// One message between two pgmux processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub enum Msg {
     },
     /// worker → supervisor: this worker is moving all its sessions away and will exit; give it no new ones.
     Draining,
+    /// supervisor → worker: move every session to other workers at its next transaction boundary, then exit (a pool
+    /// shrank or its definition changed on reload).
+    Drain,
 }
 
 /// Why a message could not be decoded.
@@ -168,6 +172,7 @@ impl Msg {
             Msg::WorkerStatus { .. } => "WorkerStatus",
             Msg::Migrate { .. } => "Migrate",
             Msg::Draining => "Draining",
+            Msg::Drain => "Drain",
         }
     }
 
@@ -180,6 +185,7 @@ impl Msg {
             | Msg::Shutdown
             | Msg::SessionClosed { .. }
             | Msg::Draining
+            | Msg::Drain
             | Msg::WorkerStatus { .. } => 0,
         }
     }
@@ -219,6 +225,7 @@ impl Msg {
                 record.encode(out);
             }
             Msg::Draining => out.push(TAG_DRAINING),
+            Msg::Drain => out.push(TAG_DRAIN),
         }
     }
 
@@ -235,6 +242,7 @@ impl Msg {
             TAG_WORKER_STATUS => "WorkerStatus",
             TAG_MIGRATE => "Migrate",
             TAG_DRAINING => "Draining",
+            TAG_DRAIN => "Drain",
             other => return Err(MessageError::UnknownTag(other)),
         };
         let mut f = Fields { msg: name, r: Reader::new(body) };
@@ -247,6 +255,7 @@ impl Msg {
             TAG_SESSION_CLOSED => Msg::SessionClosed { session_id: f.u64("session_id")? },
             TAG_MIGRATE => Msg::Migrate { record: f.record()? },
             TAG_DRAINING => Msg::Draining,
+            TAG_DRAIN => Msg::Drain,
             // The only tag left after the match above.
             _ => Msg::WorkerStatus { upstream_up: f.bool("upstream_up")?, sessions: f.u32("sessions")? },
         };
@@ -272,6 +281,7 @@ mod tests {
             Msg::WorkerStatus { upstream_up: false, sessions: 0 },
             Msg::Migrate { record: full_record() },
             Msg::Draining,
+            Msg::Drain,
         ]
     }
 
@@ -291,7 +301,7 @@ mod tests {
     #[test]
     fn fd_counts() {
         let counts: Vec<usize> = all().iter().map(Msg::fd_count).collect();
-        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
 
     #[test]
@@ -317,7 +327,7 @@ mod tests {
     #[test]
     fn unknown_tags_rejected() {
         assert_eq!(Msg::decode(&[]), Err(MessageError::Empty));
-        for tag in [0u8, 10, 0x51, 0xFF] {
+        for tag in [0u8, 11, 0x51, 0xFF] {
             assert_eq!(Msg::decode(&[tag]), Err(MessageError::UnknownTag(tag)));
         }
     }

@@ -84,22 +84,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let config = match pgmux_config::Config::load(&args.config) {
+    let (config, userlist) = match supervisor::load_files(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pgmux: {e}");
             return ExitCode::from(1);
         }
-    };
-    let userlist = match &config.pooler.auth_file {
-        Some(path) => match pgmux_config::UserList::load(path) {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("pgmux: {e}");
-                return ExitCode::from(1);
-            }
-        },
-        None => pgmux_config::UserList::default(),
     };
     if args.check {
         println!("pgmux: {}: configuration is valid", args.config.display());

@@ -37,7 +37,14 @@ const TICK: Duration = Duration::from_millis(100);
 /// Children that die sooner than this after starting count as a crash loop and are respawned with a growing delay.
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How a shutdown waits, as PgBouncer's signals: SIGTERM waits for clients to leave, SIGINT for servers to be
+/// released (every transaction in flight finishes, then the sessions are closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    WaitForClients,
+    WaitForServers,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -53,6 +60,8 @@ struct Child {
     started: Instant,
     sessions: u32,
     name: String,
+    /// Told to go (reload replaced it, or it drains): its exit is expected and nothing respawns in its place.
+    retiring: bool,
 }
 
 #[derive(Debug)]
@@ -90,7 +99,7 @@ pub struct Supervisor {
     /// Listener indexes waiting to be respawned, with the time they may be and their current backoff.
     listener_respawn: Vec<(u32, Instant, Duration)>,
     listener_backoff: HashMap<u32, Duration>,
-    shutdown_deadline: Option<Instant>,
+    shutdown: Option<Shutdown>,
     me: Pid,
 }
 
@@ -119,7 +128,7 @@ impl Supervisor {
             next_worker: 1,
             listener_respawn: Vec::new(),
             listener_backoff: HashMap::new(),
-            shutdown_deadline: None,
+            shutdown: None,
             me: nix::unistd::getpid(),
         })
     }
@@ -195,7 +204,16 @@ impl Supervisor {
             )
             .map_err(|e| format!("register channel: {e}"))?;
         if let Some(s) = self.children.get_mut(slot) {
-            *s = Some(Child { pid, role, channel, outbox: Outbox::new(), started: Instant::now(), sessions: 0, name });
+            *s = Some(Child {
+                pid,
+                role,
+                channel,
+                outbox: Outbox::new(),
+                started: Instant::now(),
+                sessions: 0,
+                name,
+                retiring: false,
+            });
         }
         Ok(slot)
     }
@@ -305,7 +323,8 @@ impl Supervisor {
                 if let Some(p) = self.pools.get_mut(pool) {
                     p.workers.retain(|&w| w != slot);
                 }
-                if let Some(c) = self.children.get(slot).and_then(|c| c.as_ref()) {
+                if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                    c.retiring = true;
                     info!("{} is draining", c.name);
                 }
             }
@@ -319,7 +338,7 @@ impl Supervisor {
     // ----- sessions -----
 
     fn login(&mut self, mut record: SessionRecord, fd: OwnedFd) {
-        if self.shutdown_deadline.is_some() {
+        if self.shutdown.is_some() {
             refuse(fd, "57P01", "pgmux is shutting down");
             return;
         }
@@ -348,11 +367,12 @@ impl Supervisor {
     }
 
     fn pool_for(&mut self, database: &str, user: &str) -> Option<usize> {
+        // The running configuration decides, so a database removed by a reload takes no new sessions.
+        let db = self.config.database(database)?;
         let key = (database.to_string(), user.to_string());
         if let Some(&i) = self.pool_index.get(&key) {
             return Some(i);
         }
-        let db = self.config.database(database)?;
         self.pools.push(Pool {
             database: database.to_string(),
             user: user.to_string(),
@@ -457,14 +477,19 @@ impl Supervisor {
             self.cancel_keys.remove(&e.cancel);
         }
         let mut pool = None;
+        let mut now_idle = false;
         if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
             c.sessions = c.sessions.saturating_sub(1);
+            now_idle = c.sessions == 0;
             if let Role::Worker { pool: p, .. } = c.role {
                 pool = Some(p);
             }
         }
         if let Some(p) = pool {
             self.drain_waiting(p);
+        }
+        if now_idle && self.shutdown == Some(Shutdown::WaitForClients) {
+            self.stop_idle_workers();
         }
     }
 
@@ -493,6 +518,111 @@ impl Supervisor {
         }
     }
 
+    // ----- reload -----
+
+    /// SIGHUP (and the console's RELOAD): read the configuration and auth file again. A file that does not load
+    /// leaves everything as it was. Otherwise new listeners replace the old ones (which finish the logins they
+    /// hold), and each pool follows its new definition: a pool whose upstream (host, port, dbname, user, password),
+    /// pool mode or worker settings changed drains all its workers, so sessions move to fresh ones at their next
+    /// transaction boundary; a pool that shrank drains its surplus workers, least busy first; a pool that grew
+    /// starts workers as sessions need them. A database that is gone takes no new sessions and keeps the ones it has.
+    fn reload(&mut self) -> Result<(), String> {
+        let path = self.config.path.clone();
+        let (config, userlist) = load_files(&path)?;
+        let old = self.config.clone();
+        if config.pooler.listen_addr != old.pooler.listen_addr
+            || config.pooler.listen_port != old.pooler.listen_port
+            || config.pooler.unix_socket_dir != old.pooler.unix_socket_dir
+        {
+            warn!("reload: listen_addr, listen_port and unix_socket_dir only change with a restart");
+        }
+        self.config = Arc::new(config);
+        self.userlist = Arc::new(userlist);
+        let workers_changed = worker_view(&old.pooler) != worker_view(&self.config.pooler);
+        // Listeners: start the new generation first, then retire the old one.
+        let old_listeners: Vec<usize> = (0..self.children.len())
+            .filter(|&slot| {
+                self.children
+                    .get(slot)
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|c| matches!(c.role, Role::Listener { .. }) && !c.retiring)
+            })
+            .collect();
+        self.listener_respawn.clear();
+        for index in 1..=self.config.pooler.listeners {
+            if let Err(e) = self.spawn_listener(index) {
+                error!("reload: cannot start listener-{index}: {e}");
+                self.listener_respawn.push((index, Instant::now() + Duration::from_secs(1), MAX_BACKOFF));
+            }
+        }
+        for slot in old_listeners {
+            if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                c.retiring = true;
+            }
+            let _ = self.send(slot, Msg::Shutdown, Vec::new());
+        }
+        // Pools.
+        let mut summary = Vec::new();
+        for pool in 0..self.pools.len() {
+            let Some(p) = self.pools.get(pool) else { continue };
+            let (database, user) = (p.database.clone(), p.user.clone());
+            let before = old.database(&database).cloned();
+            let Some(db) = self.config.database(&database).cloned() else {
+                summary.push(format!("{database}/{user}: removed, no new sessions"));
+                continue;
+            };
+            let redefined = workers_changed
+                || before.as_ref().is_none_or(|b| {
+                    (&b.host, b.port, old.upstream_dbname(b, &database), &b.user, &b.password, b.pool_mode)
+                        != (
+                            &db.host,
+                            db.port,
+                            self.config.upstream_dbname(&db, &database),
+                            &db.user,
+                            &db.password,
+                            db.pool_mode,
+                        )
+                });
+            let size = db.pool_size.max(1) as usize;
+            let mut retire: Vec<usize> = Vec::new();
+            if let Some(p) = self.pools.get_mut(pool) {
+                p.mode = db.pool_mode;
+                p.size = size;
+                if redefined {
+                    retire = std::mem::take(&mut p.workers);
+                } else if p.workers.len() > size {
+                    let mut by_load: Vec<(u32, usize)> = p
+                        .workers
+                        .iter()
+                        .map(|&w| (self.children.get(w).and_then(|c| c.as_ref()).map_or(0, |c| c.sessions), w))
+                        .collect();
+                    by_load.sort();
+                    retire = by_load.iter().take(p.workers.len() - size).map(|&(_, w)| w).collect();
+                    p.workers.retain(|w| !retire.contains(w));
+                }
+            }
+            if redefined {
+                summary.push(format!("{database}/{user}: redefined, draining {} worker(s)", retire.len()));
+            } else if !retire.is_empty() {
+                summary.push(format!("{database}/{user}: pool_size {size}, draining {} worker(s)", retire.len()));
+            }
+            for slot in retire {
+                if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                    c.retiring = true;
+                    info!("reload: draining {}", c.name);
+                }
+                let _ = self.send(slot, Msg::Drain, Vec::new());
+            }
+            self.drain_waiting(pool);
+        }
+        if summary.is_empty() {
+            info!("configuration reloaded; no pool changed");
+        } else {
+            info!("configuration reloaded: {}", summary.join("; "));
+        }
+        Ok(())
+    }
+
     // ----- signals and children's deaths -----
 
     fn read_signals(&mut self) -> Option<i32> {
@@ -502,13 +632,24 @@ impl Supervisor {
                     let signo = info.ssi_signo as i32;
                     match Signal::try_from(signo) {
                         Ok(Signal::SIGCHLD) => self.reap(),
-                        Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => self.begin_shutdown(signo),
+                        Ok(Signal::SIGTERM) if self.shutdown.is_some() => {
+                            info!("SIGTERM during shutdown: exiting now");
+                            self.kill_all(Signal::SIGKILL);
+                            return Some(0);
+                        }
+                        Ok(Signal::SIGTERM) => self.begin_shutdown(Shutdown::WaitForClients),
+                        Ok(Signal::SIGINT) => self.begin_shutdown(Shutdown::WaitForServers),
                         Ok(Signal::SIGQUIT) => {
                             info!("SIGQUIT: exiting now");
                             self.kill_all(Signal::SIGKILL);
                             return Some(0);
                         }
-                        Ok(Signal::SIGHUP) => warn!("SIGHUP: configuration reload is not implemented yet"),
+                        Ok(Signal::SIGHUP) => {
+                            info!("SIGHUP: reloading the configuration");
+                            if let Err(e) = self.reload() {
+                                error!("reload failed, keeping the running configuration: {e}");
+                            }
+                        }
                         Ok(s) => info!("ignoring {s}"),
                         Err(_) => {}
                     }
@@ -538,6 +679,10 @@ impl Supervisor {
         let Some(slot) = self.children.iter().position(|c| c.as_ref().is_some_and(|c| c.pid == pid)) else {
             return;
         };
+        // What it sent before dying still counts (a draining worker hands its last sessions over and exits at once).
+        for _ in 0..16 {
+            self.read_child(slot);
+        }
         let Some(child) = self.children.get_mut(slot).and_then(|c| c.take()) else { return };
         let _ = self.poll.registry().deregister(&mut SourceFd(&child.channel.as_raw_fd()));
         let how = match status {
@@ -546,8 +691,15 @@ impl Supervisor {
             other => format!("{other:?}"),
         };
         let crashed = !matches!(status, WaitStatus::Exited(_, 0));
-        if self.shutdown_deadline.is_some() {
+        if self.shutdown.is_some() || (child.retiring && !crashed) {
             info!("{} (pid {pid}) exited: {how}", child.name);
+            if let Role::Worker { pool, .. } = child.role {
+                self.forget_sessions_of(slot, &child.name);
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.workers.retain(|&s| s != slot);
+                }
+                self.drain_waiting(pool);
+            }
             return;
         }
         if crashed {
@@ -557,6 +709,7 @@ impl Supervisor {
         }
         let quick = child.started.elapsed() < HEALTHY_AFTER;
         match child.role {
+            Role::Listener { .. } if child.retiring => {}
             Role::Listener { index } => {
                 let backoff = self.listener_backoff.entry(index).or_insert(Duration::from_millis(100));
                 let delay = if quick { *backoff } else { Duration::ZERO };
@@ -564,16 +717,7 @@ impl Supervisor {
                 self.listener_respawn.push((index, Instant::now() + delay, *backoff));
             }
             Role::Worker { pool, .. } => {
-                // Its sessions went with it.
-                let lost: Vec<u64> = self.sessions.iter().filter(|(_, e)| e.child == slot).map(|(id, _)| *id).collect();
-                for id in &lost {
-                    if let Some(e) = self.sessions.remove(id) {
-                        self.cancel_keys.remove(&e.cancel);
-                    }
-                }
-                if !lost.is_empty() {
-                    warn!("{} lost {} session(s)", child.name, lost.len());
-                }
+                self.forget_sessions_of(slot, &child.name);
                 if let Some(p) = self.pools.get_mut(pool) {
                     p.workers.retain(|&s| s != slot);
                     if quick && crashed {
@@ -589,17 +733,32 @@ impl Supervisor {
         }
     }
 
+    /// A dead worker's sessions went with it.
+    fn forget_sessions_of(&mut self, slot: usize, name: &str) {
+        let lost: Vec<u64> = self.sessions.iter().filter(|(_, e)| e.child == slot).map(|(id, _)| *id).collect();
+        for id in &lost {
+            if let Some(e) = self.sessions.remove(id) {
+                self.cancel_keys.remove(&e.cancel);
+            }
+        }
+        if !lost.is_empty() {
+            warn!("{name} lost {} session(s)", lost.len());
+        }
+    }
+
     fn tick(&mut self) -> Option<i32> {
-        if let Some(deadline) = self.shutdown_deadline {
-            if self.children.iter().all(|c| c.is_none()) {
+        if let Some(mode) = self.shutdown {
+            let waiting = self.pools.iter().any(|p| !p.waiting.is_empty());
+            if self.children.iter().all(|c| c.is_none()) && !waiting {
                 info!("all children have exited");
                 return Some(0);
             }
-            if Instant::now() >= deadline {
-                warn!("children did not exit in time, killing them");
-                self.kill_all(Signal::SIGKILL);
-                return Some(0);
+            if mode == Shutdown::WaitForClients {
+                for pool in 0..self.pools.len() {
+                    self.drain_waiting(pool);
+                }
             }
+            self.flush_all();
             return None;
         }
         let now = Instant::now();
@@ -617,28 +776,94 @@ impl Supervisor {
                 self.drain_waiting(pool);
             }
         }
+        self.flush_all();
+        None
+    }
+
+    fn flush_all(&mut self) {
         for slot in 0..self.children.len() {
             let pending = self.children.get(slot).and_then(|c| c.as_ref()).is_some_and(|c| !c.outbox.is_empty());
             if pending {
                 self.flush_child(slot);
             }
         }
-        None
     }
 
-    fn begin_shutdown(&mut self, signo: i32) {
-        if self.shutdown_deadline.is_some() {
+    /// SIGTERM (PgBouncer's "super safe" shutdown): stop accepting, keep serving every session until its client
+    /// leaves, stop each worker once it has none. SIGINT ("safe"): stop accepting; workers let every transaction
+    /// in flight finish, then close their sessions and exit. A SIGINT during a SIGTERM shutdown escalates to it.
+    fn begin_shutdown(&mut self, mode: Shutdown) {
+        if self.shutdown == Some(Shutdown::WaitForServers) || self.shutdown == Some(mode) {
             return;
         }
-        info!("signal {signo}: shutting down");
-        self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
-        for slot in 0..self.children.len() {
-            let _ = self.send(slot, Msg::Shutdown, Vec::new());
+        match mode {
+            Shutdown::WaitForClients => info!("SIGTERM: shutting down once every client has left"),
+            Shutdown::WaitForServers => info!("SIGINT: shutting down once every transaction in flight has finished"),
         }
-        for p in &mut self.pools {
-            for (record, fd) in p.waiting.drain(..) {
-                debug!("s{}: refused, shutting down", record.session_id);
-                refuse(fd, "57P01", "pgmux is shutting down");
+        let first = self.shutdown.is_none();
+        self.shutdown = Some(mode);
+        if first {
+            // Stop listening: new connections go to a sibling pooler (so_reuseport) or are refused by the kernel.
+            self.listen.clear();
+            for slot in 0..self.children.len() {
+                let is_listener = self
+                    .children
+                    .get(slot)
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|c| matches!(c.role, Role::Listener { .. }));
+                if is_listener {
+                    let _ = self.send(slot, Msg::Shutdown, Vec::new());
+                }
+            }
+            self.listener_respawn.clear();
+        }
+        match mode {
+            Shutdown::WaitForClients => self.stop_idle_workers(),
+            Shutdown::WaitForServers => {
+                for slot in 0..self.children.len() {
+                    let is_worker = self
+                        .children
+                        .get(slot)
+                        .and_then(|c| c.as_ref())
+                        .is_some_and(|c| matches!(c.role, Role::Worker { .. }));
+                    if is_worker {
+                        let _ = self.send(slot, Msg::Shutdown, Vec::new());
+                    }
+                }
+                for p in &mut self.pools {
+                    for (record, fd) in p.waiting.drain(..) {
+                        debug!("s{}: refused, shutting down", record.session_id);
+                        refuse(fd, "57P01", "pgmux is shutting down");
+                    }
+                }
+            }
+        }
+    }
+
+    /// During a SIGTERM shutdown, a worker with no session left is told to exit.
+    fn stop_idle_workers(&mut self) {
+        for slot in 0..self.children.len() {
+            let idle = self
+                .children
+                .get(slot)
+                .and_then(|c| c.as_ref())
+                .is_some_and(|c| matches!(c.role, Role::Worker { .. }) && c.sessions == 0 && !c.retiring);
+            if idle {
+                if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                    c.retiring = true;
+                }
+                if let Role::Worker { pool, .. } = self
+                    .children
+                    .get(slot)
+                    .and_then(|c| c.as_ref())
+                    .map(|c| c.role)
+                    .unwrap_or(Role::Listener { index: 0 })
+                {
+                    if let Some(p) = self.pools.get_mut(pool) {
+                        p.workers.retain(|&w| w != slot);
+                    }
+                }
+                let _ = self.send(slot, Msg::Shutdown, Vec::new());
             }
         }
     }
@@ -648,6 +873,35 @@ impl Supervisor {
             let _ = signal::kill(c.pid, sig);
         }
     }
+}
+
+/// Reads the configuration file and the auth file it names: what start-up and reload both load.
+pub fn load_files(path: &std::path::Path) -> Result<(Config, UserList), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let userlist = match &config.pooler.auth_file {
+        Some(p) => UserList::load(p).map_err(|e| e.to_string())?,
+        None => UserList::default(),
+    };
+    Ok((config, userlist))
+}
+
+/// The part of `[pooler]` that workers read: when it changes on reload, the workers are replaced. Keys only the
+/// supervisor or the listeners read are blanked out, so changing them does not drain anything.
+fn worker_view(p: &pgmux_config::Pooler) -> pgmux_config::Pooler {
+    let mut v = p.clone();
+    v.listen_addr.clear();
+    v.listen_port = 0;
+    v.unix_socket_dir = None;
+    v.listeners = 0;
+    v.auth_type = pgmux_config::AuthType::Trust;
+    v.auth_file = None;
+    v.max_client_conn = 0;
+    v.client_login_timeout = Duration::ZERO;
+    v.default_pool_size = 0;
+    v.pool_mode = pgmux_config::PoolMode::Session;
+    v.logfile = None;
+    v.pidfile = None;
+    v
 }
 
 /// Tell a client it cannot be served, without reading anything from it. The message is pgmux's own.

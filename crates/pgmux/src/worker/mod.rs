@@ -328,6 +328,7 @@ impl Worker {
                 info!("shutdown requested");
                 self.shutting_down = true;
             }
+            Msg::Drain => self.begin_drain("the pool was reconfigured"),
             other => warn!("unexpected message {} from supervisor", other.name()),
         }
     }
@@ -1420,7 +1421,8 @@ impl Worker {
         true
     }
 
-    /// server_lifetime: retire this worker's upstream by moving every session elsewhere, then exiting.
+    /// Retire this worker's upstream (server_lifetime, or the supervisor's `Drain` on reload) by moving every session
+    /// elsewhere, then exiting.
     fn begin_drain(&mut self, why: &str) {
         if self.draining {
             return;
@@ -1519,7 +1521,17 @@ impl Worker {
         if !self.outbox.is_empty() {
             self.flush_outbox();
         }
-        if self.shutting_down && self.owner.is_none() && self.replies.is_empty() {
+        // Shutting down waits for the transaction in flight, not for the owner to let go: a session pinned by a temp
+        // table (or any session in session mode) owns the upstream between its transactions too.
+        let in_flight = !self.replies.is_empty()
+            || !self.jobs.is_empty()
+            || self.upstream.as_ref().is_some_and(|u| u.txn_status != b'I')
+            || self
+                .owner
+                .and_then(|o| self.sessions.get(o))
+                .and_then(|s| s.as_ref())
+                .is_some_and(|s| !s.inbuf.is_empty());
+        if self.shutting_down && !in_flight {
             let ids: Vec<usize> = (0..self.sessions.len()).filter(|i| self.sessions[*i].is_some()).collect();
             for idx in ids {
                 self.close_session(idx, "pooler shutting down", Some(("57P01", "pgmux is shutting down")));
