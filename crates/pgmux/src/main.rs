@@ -3,6 +3,7 @@
 //! `main` reads the command line and the configuration, binds the listen sockets and hands over to the supervisor,
 //! which forks the listeners and workers. Nothing is bound when the configuration is wrong.
 
+mod board;
 mod client_auth;
 mod listener;
 mod logging;

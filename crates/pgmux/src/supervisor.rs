@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use nix::unistd::Pid;
 use pgmux_config::{Config, PoolMode, UserList};
 use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 
+use crate::board::{self, Board};
 use crate::listener::{self, ListenerContext};
 use crate::logging;
 use crate::process;
@@ -101,6 +103,8 @@ pub struct Supervisor {
     listener_backoff: HashMap<u32, Duration>,
     shutdown: Option<Shutdown>,
     me: Pid,
+    /// What each worker's upstream is doing, published by the workers themselves (see `board.rs`).
+    board: Rc<Board>,
 }
 
 impl Supervisor {
@@ -113,6 +117,7 @@ impl Supervisor {
         poll.registry()
             .register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)
             .map_err(|e| format!("register signalfd: {e}"))?;
+        let board = Rc::new(Board::new().map_err(|e| format!("status board: {e}"))?);
         Ok(Supervisor {
             config: Arc::new(config),
             userlist: Arc::new(userlist),
@@ -130,6 +135,7 @@ impl Supervisor {
             listener_backoff: HashMap::new(),
             shutdown: None,
             me: nix::unistd::getpid(),
+            board,
         })
     }
 
@@ -187,14 +193,16 @@ impl Supervisor {
 
     // ----- children -----
 
+    /// The child slot the next `add_child` will use.
+    fn next_slot(&self) -> usize {
+        self.children.iter().position(|c| c.is_none()).unwrap_or(self.children.len())
+    }
+
     fn add_child(&mut self, pid: Pid, role: Role, channel: Channel, name: String) -> Result<usize, String> {
-        let slot = match self.children.iter().position(|c| c.is_none()) {
-            Some(i) => i,
-            None => {
-                self.children.push(None);
-                self.children.len() - 1
-            }
-        };
+        let slot = self.next_slot();
+        if slot == self.children.len() {
+            self.children.push(None);
+        }
         self.poll
             .registry()
             .register(
@@ -260,13 +268,27 @@ impl Supervisor {
         let name = format!("worker-{index} {database}/{user}");
         let role_name = name.clone();
         let (db2, user2) = (database.clone(), user.clone());
+        let board_slot = self.next_slot();
+        let board = self.board.clone();
         let pid = process::fork_child("pgmux-worker", &keep, move || {
             logging::set_role(role_name);
-            worker::run(WorkerContext { index, database: db2, user: user2, config, userlist, channel: theirs, parent })
+            worker::run(WorkerContext {
+                index,
+                database: db2,
+                user: user2,
+                config,
+                userlist,
+                channel: theirs,
+                parent,
+                board,
+                board_slot,
+                pool,
+            })
         })
         .map_err(|e| e.to_string())?;
         info!("started {name} (pid {pid})");
         let slot = self.add_child(pid, Role::Worker { pool, index }, mine, name)?;
+        self.board.claim(slot, pool, pid.as_raw() as u32);
         if let Some(p) = self.pools.get_mut(pool) {
             p.workers.push(slot);
         }
@@ -448,19 +470,23 @@ impl Supervisor {
         }
         let Some(p) = self.pools.get(pool) else { return };
         let may_spawn = p.workers.len() < p.size && p.respawn_at.is_none_or(|t| Instant::now() >= t);
+        // An idle worker (as the board says) serves the session at once; otherwise the one with fewest sessions.
         let mut target = None;
-        let mut best = u32::MAX;
+        let mut best = (false, u32::MAX);
         for &w in &p.workers {
             if w == from {
                 continue;
             }
             if let Some(c) = self.children.get(w).and_then(|c| c.as_ref()) {
-                if c.sessions < best {
-                    best = c.sessions;
+                let idle = self.board.status(w).is_some_and(|st| st.state == board::State::Idle);
+                let key = (!idle, c.sessions);
+                if key < (!best.0, best.1) {
+                    best = (idle, c.sessions);
                     target = Some(w);
                 }
             }
         }
+        let best = if best.0 { 0 } else { best.1 };
         if (target.is_none() || best > 0) && may_spawn {
             match self.spawn_worker(pool) {
                 Ok(w) => target = Some(w),
@@ -684,6 +710,9 @@ impl Supervisor {
             self.read_child(slot);
         }
         let Some(child) = self.children.get_mut(slot).and_then(|c| c.take()) else { return };
+        if matches!(child.role, Role::Worker { .. }) {
+            self.board.release(slot);
+        }
         let _ = self.poll.registry().deregister(&mut SourceFd(&child.channel.as_raw_fd()));
         let how = match status {
             WaitStatus::Exited(_, code) => format!("exit code {code}"),

@@ -19,6 +19,7 @@ mod statements;
 mod upstream;
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ use pgmux_config::{Config, PoolMode, Secret, UserList};
 use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 use pgmux_proto::{backend as be, frame, frontend as fe};
 
+use crate::board::{self, Board};
 use crate::net::{Conn, ReadOutcome};
 use replies::{Action, Disposition, Owner, Replies};
 use session::Session;
@@ -55,6 +57,8 @@ const TICK: Duration = Duration::from_millis(100);
 const MIGRATE_AFTER: Duration = Duration::from_millis(20);
 /// A session that just arrived stays at least this long before it may move again (no ping-pong).
 const MIGRATE_COOLDOWN: Duration = Duration::from_millis(100);
+/// While the owner's turn runs long and no sibling is idle, look at the board again this often.
+const BUSY_RECHECK: Duration = Duration::from_millis(10);
 /// Record flag: the session moved here from another worker; it has been greeted already.
 pub const FLAG_MIGRATED: u32 = 1;
 
@@ -68,6 +72,11 @@ pub struct WorkerContext {
     pub userlist: Arc<UserList>,
     pub channel: Channel,
     pub parent: Pid,
+    /// The shared status board and this worker's entry in it (its child slot in the supervisor).
+    pub board: Rc<Board>,
+    pub board_slot: usize,
+    /// The supervisor's index of this worker's pool, as the board names pools.
+    pub pool: usize,
 }
 
 /// Why pgmux sent a query or Sync of its own; popped when its ReadyForQuery arrives.
@@ -158,6 +167,12 @@ struct Worker {
     listen_sync: bool,
     /// Moving every session to other workers, then exiting (server_lifetime).
     draining: bool,
+    /// When the current owner's turn began: a turn that runs long (a slow query) sends waiting sessions to idle
+    /// siblings.
+    turn_started: Instant,
+    /// Earliest time to look at the board again for idle siblings.
+    busy_check_at: Instant,
+    pool_size: usize,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -230,6 +245,9 @@ impl Worker {
             settings_probe: settings_probe(&login_user),
             listen_sync: false,
             draining: false,
+            turn_started: Instant::now(),
+            busy_check_at: Instant::now(),
+            pool_size: db.pool_size as usize,
         })
     }
 
@@ -287,6 +305,7 @@ impl Worker {
                 next_tick = Instant::now() + TICK;
                 self.janitor();
             }
+            self.publish();
         }
         if let Some(mut up) = self.upstream.take() {
             let mut out = Vec::new();
@@ -1317,6 +1336,7 @@ impl Worker {
     fn begin_turn(&mut self, idx: usize) {
         self.owner = Some(idx);
         self.owner_active_at = Instant::now();
+        self.turn_started = self.owner_active_at;
         self.turn += 1;
         if log::log_enabled!(log::Level::Trace) {
             if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
@@ -1347,38 +1367,78 @@ impl Worker {
 
     // ----- moving waiting sessions to other workers -----
 
-    /// When waiting sessions should move: the owner has left the upstream idle inside a transaction.
-    fn migration_due_at(&self) -> Option<Instant> {
+    /// Why waiting sessions should move, and when.
+    fn migration_due(&self) -> Option<(Instant, Blocked)> {
         if !self.can_migrate || self.queue.is_empty() || self.owner.is_none() || self.shutting_down {
             return None;
         }
         let up = self.upstream.as_ref()?;
         if !self.replies.is_empty() || !self.jobs.is_empty() {
-            return None; // the upstream is working; waiting is fair
+            // The upstream is working for the owner. Waiting is fair while every sibling is busy too; a turn that
+            // runs long (a slow query, a big COPY) must not keep sessions here while a sibling sits idle.
+            return Some((self.busy_check_at.max(self.turn_started + MIGRATE_AFTER), Blocked::SlowTurn));
         }
         let pinned =
             self.owner.and_then(|o| self.sessions.get(o)).and_then(|s| s.as_ref()).is_some_and(|s| s.pins != 0);
         if up.txn_status == b'I' && !pinned {
             return None;
         }
-        Some(self.owner_active_at + MIGRATE_AFTER)
+        Some((self.owner_active_at + MIGRATE_AFTER, Blocked::IdleOwner))
     }
 
-    /// Hand every waiting session (whose bytes are still in the kernel) to the supervisor for another worker.
+    fn migration_due_at(&self) -> Option<Instant> {
+        self.migration_due().map(|(at, _)| at)
+    }
+
+    /// Hand waiting sessions (whose bytes are still in the kernel) to the supervisor for another worker: all of
+    /// them when the owner idles inside a transaction or is pinned (it may do so for ever), as many as there are
+    /// idle siblings (or room for new ones) when the owner's turn merely runs long.
     fn migrate_waiting(&mut self) {
+        let Some((_, why)) = self.migration_due() else { return };
         let now = Instant::now();
+        let mut budget = match why {
+            Blocked::IdleOwner => usize::MAX,
+            Blocked::SlowTurn => {
+                let (idle, all) = self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot);
+                idle + self.pool_size.saturating_sub(all + 1)
+            }
+        };
+        if budget == 0 {
+            self.busy_check_at = now + BUSY_RECHECK;
+            return;
+        }
+        let reason = match why {
+            Blocked::IdleOwner => "upstream idle in a transaction of another session",
+            Blocked::SlowTurn => "upstream busy with a long turn of another session, a sibling is idle",
+        };
         let waiting: Vec<usize> = self.queue.drain(..).collect();
         for idx in waiting {
             let Some(s) = self.session(idx) else { continue };
             if !s.queued {
                 continue;
             }
-            if now.duration_since(s.arrived) < MIGRATE_COOLDOWN
-                || !self.migrate_one(idx, "upstream idle in a transaction of another session")
-            {
+            if budget == 0 || now.duration_since(s.arrived) < MIGRATE_COOLDOWN || !self.migrate_one(idx, reason) {
                 self.queue.push_back(idx);
+            } else {
+                budget -= 1;
             }
         }
+        self.busy_check_at = now + BUSY_RECHECK;
+    }
+
+    /// Tell the board what the upstream is doing (a few relaxed stores, once per loop turn).
+    fn publish(&self) {
+        let state = if self.draining || self.shutting_down {
+            board::State::Draining
+        } else if self.upstream.is_none() {
+            board::State::Unknown
+        } else if self.owner.is_none() && self.queue.is_empty() && self.replies.is_empty() && self.jobs.is_empty() {
+            board::State::Idle
+        } else {
+            board::State::Busy
+        };
+        let owner = self.owner.and_then(|o| self.sessions.get(o)).and_then(|s| s.as_ref()).map_or(0, |s| s.id);
+        self.ctx.board.publish(self.ctx.board_slot, state, self.queue.len(), self.by_id.len(), owner);
     }
 
     /// Send one session (not the owner) to the supervisor for another worker. False if it must stay.
@@ -1540,6 +1600,15 @@ impl Worker {
             self.stop = true;
         }
     }
+}
+
+/// What keeps waiting sessions from the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    /// The owner sits idle inside a transaction, or is pinned.
+    IdleOwner,
+    /// The owner's turn is still running.
+    SlowTurn,
 }
 
 /// A DataRow of two non-null text columns (the settings probe's rows).
