@@ -329,8 +329,8 @@ fn server_lifetime_drains_workers_without_dropping_sessions() {
 /// settings and prepared statements.
 #[test]
 fn migration_under_load() {
-    const HOLDERS: usize = 6;
-    const HOLD: Duration = Duration::from_millis(25);
+    const HOLDERS: usize = 3;
+    const HOLD: Duration = Duration::from_millis(20);
     const CLIENTS: &str = "300";
     let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "4"));
     let init = pgmux.pgbench(&["-i", "-s", "1", "-q", "-U", "alice", "appdb"]);
@@ -399,5 +399,6 @@ fn migration_under_load() {
         costs.len()
     );
     assert!(!costs.is_empty(), "no move reported its cost");
-    assert!(moves > 100, "only {moves} sessions moved: the load did not exercise migration");
+    // Thousands of moves a second is the target; a loaded 2-core machine measured 1650-1780 here.
+    assert!(moves / 6 >= 1000, "only {moves} moves in 6 s: fewer than 1000 a second");
 }

@@ -54,9 +54,9 @@ const MAX_REWRITTEN_MESSAGE: usize = 64 * 1024 * 1024;
 const MAX_BUFFERED_BACKEND: u32 = 16 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(100);
 /// A session waiting while the upstream's owner sits idle inside a transaction this long moves to another worker.
-const MIGRATE_AFTER: Duration = Duration::from_millis(20);
+const MIGRATE_AFTER: Duration = Duration::from_millis(10);
 /// A session that just arrived stays at least this long before it may move again (no ping-pong).
-const MIGRATE_COOLDOWN: Duration = Duration::from_millis(100);
+const MIGRATE_COOLDOWN: Duration = Duration::from_millis(50);
 /// While the owner's turn runs long and no sibling is idle, look at the board again this often.
 const BUSY_RECHECK: Duration = Duration::from_millis(10);
 /// Record flag: the session moved here from another worker; it has been greeted already.
