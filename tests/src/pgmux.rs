@@ -201,7 +201,7 @@ impl Pgmux {
         let log_path = dir.join("pgmux.log");
         let log = File::create(&log_path).expect("create pgmux.log");
         let mut cmd = Command::new(binary());
-        cmd.arg("-v")
+        cmd.arg(std::env::var("PGMUX_TEST_VERBOSITY").unwrap_or_else(|_| "-v".into()))
             .arg(&config_path)
             .current_dir(&dir)
             .stdin(Stdio::null())

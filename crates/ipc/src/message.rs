@@ -18,6 +18,7 @@ const TAG_WORKER_STATUS: u8 = 7;
 const TAG_MIGRATE: u8 = 8;
 const TAG_DRAINING: u8 = 9;
 const TAG_DRAIN: u8 = 10;
+const TAG_SESSION_STATE: u8 = 11;
 
 /// One message between two pgmux processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,12 @@ pub enum Msg {
     /// supervisor → worker: move every session to other workers at its next transaction boundary, then exit (a pool
     /// shrank or its definition changed on reload).
     Drain,
+    /// worker → supervisor: the session's state as it stands between transactions (after its greeting, and after any
+    /// turn that changed its settings, prepared statements or channels). The supervisor keeps it, with a copy of the
+    /// client socket, to re-home the session if this worker dies.
+    SessionState {
+        record: SessionRecord,
+    },
 }
 
 /// Why a message could not be decoded.
@@ -173,6 +180,7 @@ impl Msg {
             Msg::Migrate { .. } => "Migrate",
             Msg::Draining => "Draining",
             Msg::Drain => "Drain",
+            Msg::SessionState { .. } => "SessionState",
         }
     }
 
@@ -186,6 +194,7 @@ impl Msg {
             | Msg::SessionClosed { .. }
             | Msg::Draining
             | Msg::Drain
+            | Msg::SessionState { .. }
             | Msg::WorkerStatus { .. } => 0,
         }
     }
@@ -226,6 +235,10 @@ impl Msg {
             }
             Msg::Draining => out.push(TAG_DRAINING),
             Msg::Drain => out.push(TAG_DRAIN),
+            Msg::SessionState { record } => {
+                out.push(TAG_SESSION_STATE);
+                record.encode(out);
+            }
         }
     }
 
@@ -243,6 +256,7 @@ impl Msg {
             TAG_MIGRATE => "Migrate",
             TAG_DRAINING => "Draining",
             TAG_DRAIN => "Drain",
+            TAG_SESSION_STATE => "SessionState",
             other => return Err(MessageError::UnknownTag(other)),
         };
         let mut f = Fields { msg: name, r: Reader::new(body) };
@@ -256,6 +270,7 @@ impl Msg {
             TAG_MIGRATE => Msg::Migrate { record: f.record()? },
             TAG_DRAINING => Msg::Draining,
             TAG_DRAIN => Msg::Drain,
+            TAG_SESSION_STATE => Msg::SessionState { record: f.record()? },
             // The only tag left after the match above.
             _ => Msg::WorkerStatus { upstream_up: f.bool("upstream_up")?, sessions: f.u32("sessions")? },
         };
@@ -282,6 +297,7 @@ mod tests {
             Msg::Migrate { record: full_record() },
             Msg::Draining,
             Msg::Drain,
+            Msg::SessionState { record: full_record() },
         ]
     }
 
@@ -301,7 +317,7 @@ mod tests {
     #[test]
     fn fd_counts() {
         let counts: Vec<usize> = all().iter().map(Msg::fd_count).collect();
-        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
     }
 
     #[test]
@@ -327,7 +343,7 @@ mod tests {
     #[test]
     fn unknown_tags_rejected() {
         assert_eq!(Msg::decode(&[]), Err(MessageError::Empty));
-        for tag in [0u8, 11, 0x51, 0xFF] {
+        for tag in [0u8, 12, 0x51, 0xFF] {
             assert_eq!(Msg::decode(&[tag]), Err(MessageError::UnknownTag(tag)));
         }
     }

@@ -6,6 +6,13 @@
 //! when it starts the worker and clears them when it reaps it; the worker alone writes the rest. Everything is an
 //! atomic read or written with relaxed ordering: the board holds hints for scheduling decisions (where to move a
 //! waiting session), never facts that correctness depends on, and a stale value costs at most one wasted move.
+//!
+//! One entry is a fact: the **exposed** sessions, those whose client may have seen part of a reply or whose bytes
+//! the worker has read (the owner of the upstream, sessions with output not yet written or input not yet acted on,
+//! or state not yet reported). A worker publishes a session as exposed *before* it reads from or writes to that
+//! session's socket. When a worker dies, the supervisor re-homes every session it holds that was not exposed (its
+//! request, if any, is still in the kernel) and closes the exposed ones. Writes made by a process that has died
+//! are all visible to the supervisor, which still maps the pages.
 
 use std::io;
 use std::ptr::NonNull;
@@ -47,7 +54,11 @@ impl State {
     }
 }
 
-/// One worker's entry. 64 bytes, so two workers never write the same cache line.
+/// Exposed sessions a slot can list; with more, the slot says "overflow" and all are treated as exposed.
+pub const EXPOSED_MAX: usize = 12;
+const OVERFLOW: u32 = u32::MAX;
+
+/// One worker's entry. 128 bytes (two cache lines of its own), so two workers never write the same cache line.
 #[repr(C, align(64))]
 #[derive(Default)]
 pub struct Slot {
@@ -60,9 +71,11 @@ pub struct Slot {
     queued: AtomicU32,
     /// Sessions on this worker.
     sessions: AtomicU32,
-    _pad: u32,
+    /// How many of `exposed` are valid, or OVERFLOW.
+    exposed_count: AtomicU32,
     /// Session id of the upstream's owner; 0 = none.
     owner: AtomicU64,
+    exposed: [AtomicU64; EXPOSED_MAX],
 }
 
 /// A worker's published status, as read by others.
@@ -120,6 +133,7 @@ impl Board {
             s.queued.store(0, Ordering::Relaxed);
             s.sessions.store(0, Ordering::Relaxed);
             s.owner.store(0, Ordering::Relaxed);
+            s.exposed_count.store(0, Ordering::Relaxed);
             s.pid.store(pid, Ordering::Relaxed);
             s.pool.store(u32::try_from(pool + 1).unwrap_or(0), Ordering::Relaxed);
         }
@@ -134,14 +148,41 @@ impl Board {
         }
     }
 
-    /// Worker: publish its own status.
-    pub fn publish(&self, slot: usize, state: State, queued: usize, sessions: usize, owner: u64) {
+    /// Worker: publish its own status. `exposed` lists the sessions other than `owner` that are exposed.
+    pub fn publish(&self, slot: usize, state: State, queued: usize, sessions: usize, owner: u64, exposed: &[u64]) {
         if let Some(s) = self.slots().get(slot) {
             s.state.store(state.code(), Ordering::Relaxed);
             s.queued.store(u32::try_from(queued).unwrap_or(u32::MAX), Ordering::Relaxed);
             s.sessions.store(u32::try_from(sessions).unwrap_or(u32::MAX), Ordering::Relaxed);
             s.owner.store(owner, Ordering::Relaxed);
+            if exposed.len() > EXPOSED_MAX {
+                s.exposed_count.store(OVERFLOW, Ordering::Relaxed);
+            } else {
+                for (cell, id) in s.exposed.iter().zip(exposed) {
+                    cell.store(*id, Ordering::Relaxed);
+                }
+                s.exposed_count.store(exposed.len() as u32, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Supervisor, after the worker in `slot` died: the sessions it had exposed (owner included), or `None` when
+    /// it cannot tell (too many to list, or no entry), in which case every session must be taken as exposed.
+    pub fn exposed(&self, slot: usize) -> Option<Vec<u64>> {
+        let s = self.slots().get(slot)?;
+        if s.pool.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let count = s.exposed_count.load(Ordering::Relaxed);
+        if count == OVERFLOW {
+            return None;
+        }
+        let mut ids: Vec<u64> = s.exposed.iter().take(count as usize).map(|c| c.load(Ordering::Relaxed)).collect();
+        let owner = s.owner.load(Ordering::Relaxed);
+        if owner != 0 {
+            ids.push(owner);
+        }
+        Some(ids)
     }
 
     pub fn status(&self, slot: usize) -> Option<Status> {
@@ -196,8 +237,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slot_is_one_cache_line() {
-        assert_eq!(std::mem::size_of::<Slot>(), 64);
+    fn slot_is_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Slot>(), 128);
+    }
+
+    #[test]
+    fn exposed_sessions() {
+        let b = Board::new().unwrap();
+        assert_eq!(b.exposed(2), None, "no worker there: unknown");
+        b.claim(2, 0, 10);
+        assert_eq!(b.exposed(2), Some(vec![]));
+        b.publish(2, State::Busy, 0, 5, 7, &[3, 4]);
+        assert_eq!(b.exposed(2), Some(vec![3, 4, 7]));
+        b.publish(2, State::Idle, 0, 5, 0, &[]);
+        assert_eq!(b.exposed(2), Some(vec![]));
+        let many: Vec<u64> = (1..=EXPOSED_MAX as u64 + 1).collect();
+        b.publish(2, State::Busy, 0, 20, 99, &many);
+        assert_eq!(b.exposed(2), None, "overflow: all exposed");
+        b.publish(2, State::Busy, 0, 20, 99, &many[..EXPOSED_MAX]);
+        assert_eq!(b.exposed(2).map(|v| v.len()), Some(EXPOSED_MAX + 1));
     }
 
     #[test]
@@ -208,19 +266,19 @@ mod tests {
         b.claim(4, 0, 101);
         b.claim(5, 1, 102);
         assert_eq!(b.siblings(0, 3), (0, 1));
-        b.publish(4, State::Idle, 0, 2, 0);
-        b.publish(3, State::Busy, 5, 9, 77);
+        b.publish(4, State::Idle, 0, 2, 0, &[]);
+        b.publish(3, State::Busy, 5, 9, 77, &[]);
         assert_eq!(b.siblings(0, 3), (1, 1));
         assert_eq!(b.siblings(0, 4), (0, 1));
         assert_eq!(b.siblings(1, 99), (0, 1));
         let s = b.status(3).unwrap();
         assert_eq!((s.pool, s.pid, s.state, s.queued, s.sessions, s.owner), (0, 100, State::Busy, 5, 9, 77));
-        b.publish(4, State::Draining, 0, 2, 0);
+        b.publish(4, State::Draining, 0, 2, 0, &[]);
         assert_eq!(b.siblings(0, 3), (0, 0));
         b.release(4);
         assert_eq!(b.status(4), None);
         assert_eq!(b.status(BOARD_SLOTS), None);
-        b.publish(BOARD_SLOTS + 1, State::Idle, 0, 0, 0); // out of range: ignored
+        b.publish(BOARD_SLOTS + 1, State::Idle, 0, 0, 0, &[]); // out of range: ignored
     }
 
     #[test]
@@ -230,7 +288,7 @@ mod tests {
         // SAFETY: the test harness may run threads, but the child only touches the board and calls _exit.
         match unsafe { libc::fork() } {
             0 => {
-                b.publish(1, State::Idle, 0, 3, 0);
+                b.publish(1, State::Idle, 0, 3, 0, &[]);
                 // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers.
                 unsafe { libc::_exit(0) };
             }

@@ -104,6 +104,15 @@ fn main() -> ExitCode {
         eprintln!("pgmux: cannot open logfile: {e}");
         return ExitCode::from(1);
     }
+    let nofile = process::raise_nofile_limit();
+    let wanted = u64::from(config.pooler.max_client_conn) * 2 + 64;
+    if nofile < wanted {
+        log::warn!(
+            "open files limit is {nofile}; max_client_conn {} needs about {wanted} (the supervisor keeps a copy of \
+             every client socket): raise it (ulimit -n, LimitNOFILE=)",
+            config.pooler.max_client_conn
+        );
+    }
     if let Err(e) = process::ignore_sigpipe() {
         eprintln!("pgmux: {e}");
         return ExitCode::from(1);

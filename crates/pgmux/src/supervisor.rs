@@ -83,6 +83,12 @@ struct Pool {
 struct SessionEntry {
     child: usize,
     cancel: (u32, u32),
+    pool: usize,
+    /// The session's state as its worker last reported it between transactions, without unread input except
+    /// bytes no worker has consumed yet.
+    record: SessionRecord,
+    /// A copy of the client socket: if the worker dies, an idle session is given to another worker with it.
+    fd: Option<OwnedFd>,
 }
 
 pub struct Supervisor {
@@ -336,6 +342,13 @@ impl Supervisor {
             },
             (Some(Role::Listener { .. }), Msg::CancelRequest { pid, key }) => self.route_cancel(pid, key),
             (Some(Role::Worker { .. }), Msg::SessionClosed { session_id }) => self.session_closed(slot, session_id),
+            (Some(Role::Worker { .. }), Msg::SessionState { record }) => {
+                if let Some(e) = self.sessions.get_mut(&record.session_id) {
+                    if e.child == slot {
+                        e.record = record;
+                    }
+                }
+            }
             (Some(Role::Worker { pool, .. }), Msg::Migrate { record }) => match fds.pop() {
                 Some(fd) => self.migrate(slot, pool, record, fd),
                 None => warn!("migrate without a socket"),
@@ -446,17 +459,40 @@ impl Supervisor {
     fn assign(&mut self, slot: usize, record: SessionRecord, fd: OwnedFd) {
         let id = record.session_id;
         let cancel = (record.cancel_pid, record.cancel_key);
+        let pool = match self.children.get(slot).and_then(|c| c.as_ref()).map(|c| c.role) {
+            Some(Role::Worker { pool, .. }) => pool,
+            _ => return,
+        };
+        // Keep a copy of the socket and of the record: if this worker dies while the session is idle, the session
+        // goes on elsewhere. Without a copy (out of descriptors) it simply is not recoverable.
+        let copy = match fd.try_clone() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("s{id}: cannot keep a copy of the client socket ({e}); it will not survive a worker crash");
+                None
+            }
+        };
+        let kept = record.clone();
         match self.send(slot, Msg::Assign { record }, vec![fd]) {
             Ok(()) => {
                 if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
                     c.sessions += 1;
                     debug!("s{id} -> {}", c.name);
                 }
-                self.sessions.insert(id, SessionEntry { child: slot, cancel });
+                self.sessions.insert(id, SessionEntry { child: slot, cancel, pool, record: kept, fd: copy });
             }
             Err(e) => {
+                // The worker is gone (or going): it takes nothing more, and the session tries another one.
                 warn!("s{id}: could not hand to worker: {e}");
-                self.cancel_keys.remove(&cancel);
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.workers.retain(|&w| w != slot);
+                }
+                match copy {
+                    Some(fd) => self.place(pool, kept, fd),
+                    None => {
+                        self.cancel_keys.remove(&cancel);
+                    }
+                }
             }
         }
     }
@@ -690,14 +726,29 @@ impl Supervisor {
     }
 
     fn reap(&mut self) {
+        // Collect every death first and take the dead workers out of their pools, so sessions re-homed from one
+        // of them are not handed to another that died in the same instant.
+        let mut dead = Vec::new();
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(status) => {
-                    let Some(pid) = status.pid() else { return };
-                    self.child_died(pid, status);
+                    let Some(pid) = status.pid() else { break };
+                    dead.push((pid, status));
                 }
             }
+        }
+        for (pid, _) in &dead {
+            let role = self.children.iter().flatten().find(|c| c.pid == *pid).map(|c| c.role);
+            let slot = self.children.iter().position(|c| c.as_ref().is_some_and(|c| c.pid == *pid));
+            if let (Some(Role::Worker { pool, .. }), Some(slot)) = (role, slot) {
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.workers.retain(|&w| w != slot);
+                }
+            }
+        }
+        for (pid, status) in dead {
+            self.child_died(pid, status);
         }
     }
 
@@ -709,6 +760,7 @@ impl Supervisor {
         for _ in 0..16 {
             self.read_child(slot);
         }
+        let exposed = self.board.exposed(slot);
         let Some(child) = self.children.get_mut(slot).and_then(|c| c.take()) else { return };
         if matches!(child.role, Role::Worker { .. }) {
             self.board.release(slot);
@@ -723,10 +775,11 @@ impl Supervisor {
         if self.shutdown.is_some() || (child.retiring && !crashed) {
             info!("{} (pid {pid}) exited: {how}", child.name);
             if let Role::Worker { pool, .. } = child.role {
-                self.forget_sessions_of(slot, &child.name);
                 if let Some(p) = self.pools.get_mut(pool) {
                     p.workers.retain(|&s| s != slot);
                 }
+                let keep_serving = self.shutdown != Some(Shutdown::WaitForServers);
+                self.rehome_sessions_of(slot, &child.name, keep_serving.then_some(exposed));
                 self.drain_waiting(pool);
             }
             return;
@@ -746,7 +799,6 @@ impl Supervisor {
                 self.listener_respawn.push((index, Instant::now() + delay, *backoff));
             }
             Role::Worker { pool, .. } => {
-                self.forget_sessions_of(slot, &child.name);
                 if let Some(p) = self.pools.get_mut(pool) {
                     p.workers.retain(|&s| s != slot);
                     if quick && crashed {
@@ -757,21 +809,49 @@ impl Supervisor {
                         p.backoff = Duration::from_millis(100);
                     }
                 }
+                self.rehome_sessions_of(slot, &child.name, Some(exposed));
                 self.drain_waiting(pool);
             }
         }
     }
 
-    /// A dead worker's sessions went with it.
-    fn forget_sessions_of(&mut self, slot: usize, name: &str) {
-        let lost: Vec<u64> = self.sessions.iter().filter(|(_, e)| e.child == slot).map(|(id, _)| *id).collect();
-        for id in &lost {
-            if let Some(e) = self.sessions.remove(id) {
-                self.cancel_keys.remove(&e.cancel);
+    /// A worker died. Each of its sessions that was not exposed (see `board.rs`: nothing of it read or written
+    /// mid-request, its last state reported) goes on at another worker of its pool with the supervisor's copies of
+    /// its socket and record; its next request is still in the kernel. The exposed ones (the transaction in flight)
+    /// are closed: their clients see the connection end, never a silent success. `exposed` is `None` to close all
+    /// (the board could not tell, or pgmux is shutting down), `Some(None)` when the board overflowed.
+    fn rehome_sessions_of(&mut self, slot: usize, name: &str, exposed: Option<Option<Vec<u64>>>) {
+        let ids: Vec<u64> = self.sessions.iter().filter(|(_, e)| e.child == slot).map(|(id, _)| *id).collect();
+        debug!("{name}: exposed sessions per the board: {exposed:?}");
+        let (mut moved, mut lost) = (0usize, 0usize);
+        for id in ids {
+            let Some(e) = self.sessions.remove(&id) else { continue };
+            let recoverable = match &exposed {
+                Some(Some(list)) => !list.contains(&id),
+                _ => false,
+            };
+            match e.fd {
+                Some(fd) if recoverable && self.pools.get(e.pool).is_some() => {
+                    let mut record = e.record;
+                    record.moved_at_ns = 0;
+                    moved += 1;
+                    self.place(e.pool, record, fd);
+                }
+                fd => {
+                    lost += 1;
+                    info!("s{id}: closing because: its worker died while serving it ({name})");
+                    self.cancel_keys.remove(&e.cancel);
+                    if let Some(fd) = fd {
+                        // Its client may have seen half a reply: end the connection rather than add to it.
+                        let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                    }
+                }
             }
         }
-        if !lost.is_empty() {
-            warn!("{name} lost {} session(s)", lost.len());
+        if moved + lost > 0 {
+            warn!(
+                "{name}: {moved} idle session(s) moved to other workers, {lost} session(s) with a request in flight closed"
+            );
         }
     }
 

@@ -173,6 +173,13 @@ struct Worker {
     /// Earliest time to look at the board again for idle siblings.
     busy_check_at: Instant,
     pool_size: usize,
+    /// Sessions that may be exposed besides the owner (output not yet written, input not yet acted on, a state
+    /// report not yet sent); `publish` prunes it.
+    watch: Vec<usize>,
+    /// Scratch buffer for `publish`.
+    exposed_ids: Vec<u64>,
+    /// The owner's socket has been read from (or written to) during its turn: it is exposed.
+    owner_exposed: bool,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -248,6 +255,9 @@ impl Worker {
             turn_started: Instant::now(),
             busy_check_at: Instant::now(),
             pool_size: db.pool_size as usize,
+            watch: Vec::new(),
+            exposed_ids: Vec::new(),
+            owner_exposed: false,
         })
     }
 
@@ -393,6 +403,8 @@ impl Worker {
                 debug!("{}: moved here in {} us", s.label, monotonic_ns().saturating_sub(moved_at) / 1000);
             }
             s.restore_from_record();
+            // The supervisor's copy of the record is this one.
+            s.reported_epoch = s.state_epoch;
             if !s.listens.is_empty() {
                 self.listen_sync = true;
             }
@@ -405,6 +417,9 @@ impl Worker {
         if migrated {
             s.readable = true;
         }
+        // The supervisor's copy of the record carries these bytes until this worker says they are consumed: report
+        // at the end of the first turn here.
+        s.report_after_turn = !pending.is_empty();
         s.inbuf = pending;
         let idx = match self.free.pop() {
             Some(i) => i,
@@ -426,9 +441,6 @@ impl Worker {
         }
         debug!("{}: assigned", s.label);
         self.by_id.insert(s.id, idx);
-        if let Err(e) = s.flush() {
-            debug!("{}: greeting failed: {e}", s.label);
-        }
         if has_pending {
             s.queued = true;
             s.queued_at = Instant::now();
@@ -437,6 +449,52 @@ impl Worker {
         if let Some(slot) = self.sessions.get_mut(idx) {
             *slot = Some(s);
         }
+        // Exposed (published) before the greeting is written: a worker that dies halfway through it must not leave
+        // the session to be greeted twice.
+        self.watch.push(idx);
+        self.publish();
+        let Some(s) = self.session(idx) else { return };
+        if let Err(e) = s.flush() {
+            debug!("{}: greeting failed: {e}", s.label);
+        }
+        if !migrated {
+            // Greeted: from now on the supervisor's record says so (and still carries the unread bytes, if any).
+            self.report_state(idx, true);
+        }
+    }
+
+    /// Tell the supervisor the session's state if it changed since it last heard (or `force`), so it can re-home the
+    /// session should this worker die. Sent between transactions only. The record carries unread input only when
+    /// `force`d at the greeting; otherwise input has been consumed (or the session is exposed, see `board.rs`).
+    fn report_state(&mut self, idx: usize, with_input: bool) {
+        let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) else { return };
+        if !with_input && s.state_epoch == s.reported_epoch && !s.report_after_turn {
+            return;
+        }
+        let mut record = s.to_record();
+        if !with_input {
+            record.pending_input.clear();
+            s.report_after_turn = false;
+        }
+        s.reported_epoch = s.state_epoch;
+        let id = s.id;
+        match self.outbox.send(&self.ctx.channel, &Msg::SessionState { record }, Vec::new()) {
+            Ok(()) => {
+                if !self.outbox.is_empty() {
+                    if let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) {
+                        s.report_unsent = true;
+                    }
+                }
+            }
+            Err(e) => {
+                // Too big for one message, or the channel is gone: the supervisor's copy is stale for good.
+                debug!("s{id}: state report failed ({e}); the session cannot be recovered if this worker dies");
+                if let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) {
+                    s.unrecoverable = true;
+                }
+            }
+        }
+        self.watch.push(idx);
     }
 
     /// AuthenticationOk, the server's parameters as this session will see them, its cancel key, ReadyForQuery.
@@ -509,6 +567,10 @@ impl Worker {
                     _ => break,
                 }
             }
+        }
+        if error.is_none() {
+            // The supervisor holds a copy of the socket: closing ours alone would not end the connection.
+            s.conn.shutdown_write();
         }
         debug!("{}: closing: {reason}", s.label);
         self.send_supervisor(Msg::SessionClosed { session_id: s.id });
@@ -949,9 +1011,14 @@ impl Worker {
         let targets: Vec<usize> = (0..self.sessions.len())
             .filter(|&i| self.sessions.get(i).and_then(|s| s.as_ref()).is_some_and(|s| s.listens.contains(channel)))
             .collect();
-        for idx in targets {
+        for &idx in &targets {
             let Some(s) = self.session(idx) else { continue };
             s.out.extend_from_slice(msg);
+            self.watch.push(idx);
+        }
+        self.publish();
+        for idx in targets {
+            let Some(s) = self.session(idx) else { continue };
             if let Err(e) = s.flush() {
                 self.close_session(idx, &format!("client write failed: {e}"), None);
             }
@@ -1026,6 +1093,11 @@ impl Worker {
         if !self.jobs.is_empty() {
             // Its settings are being applied or read back; its request waits in the kernel until that is done.
             return false;
+        }
+        if !self.owner_exposed {
+            // Exposed before a byte of its request is read (see `board.rs`).
+            self.owner_exposed = true;
+            self.publish();
         }
         let mut progress = false;
         // Bytes the listener read after the startup packet, or a partial message from this session's last turn.
@@ -1243,7 +1315,15 @@ impl Worker {
             _ => {}
         }
         log::trace!("{}: turn ends (readable={})", s.label, s.readable);
+        self.report_state(idx, false);
+        if self.session(idx).is_some_and(|s| s.pending_out() > 0 || !s.inbuf.is_empty()) {
+            self.watch.push(idx);
+        }
         self.owner = None;
+        // The client has (or is being sent) its whole reply: say at once that it is idle again, so a crash from
+        // here on does not cost it its connection.
+        self.publish();
+        let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
         let readable = s.readable;
         if readable {
             if let Some(s) = self.session(idx) {
@@ -1337,6 +1417,8 @@ impl Worker {
         self.owner = Some(idx);
         self.owner_active_at = Instant::now();
         self.turn_started = self.owner_active_at;
+        // Not exposed yet: pgmux may first apply its settings; `read_owner` publishes it before reading.
+        self.owner_exposed = false;
         self.turn += 1;
         if log::log_enabled!(log::Level::Trace) {
             if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
@@ -1426,8 +1508,38 @@ impl Worker {
         self.busy_check_at = now + BUSY_RECHECK;
     }
 
-    /// Tell the board what the upstream is doing (a few relaxed stores, once per loop turn).
-    fn publish(&self) {
+    /// Tell the board what the upstream is doing and which sessions are exposed: once per loop turn, and at once
+    /// whenever a session becomes exposed (a few relaxed stores; the watch list is usually empty).
+    fn publish(&mut self) {
+        let outbox_empty = self.outbox.is_empty();
+        let owner_idx = self.owner;
+        let mut watch = std::mem::take(&mut self.watch);
+        let mut ids = std::mem::take(&mut self.exposed_ids);
+        ids.clear();
+        watch.sort_unstable();
+        watch.dedup();
+        watch.retain(|&i| {
+            let Some(s) = self.sessions.get_mut(i).and_then(|s| s.as_mut()) else { return false };
+            if outbox_empty {
+                s.report_unsent = false;
+            }
+            let exposed = s.unrecoverable || s.pending_out() > 0 || !s.inbuf.is_empty() || s.report_unsent;
+            if exposed {
+                log::trace!(
+                    "{}: exposed (unrecoverable={} out={} in={} report_unsent={})",
+                    s.label,
+                    s.unrecoverable,
+                    s.pending_out(),
+                    s.inbuf.len(),
+                    s.report_unsent
+                );
+            }
+            if exposed && owner_idx != Some(i) {
+                ids.push(s.id);
+            }
+            exposed
+        });
+        self.watch = watch;
         let state = if self.draining || self.shutting_down {
             board::State::Draining
         } else if self.upstream.is_none() {
@@ -1437,8 +1549,14 @@ impl Worker {
         } else {
             board::State::Busy
         };
-        let owner = self.owner.and_then(|o| self.sessions.get(o)).and_then(|s| s.as_ref()).map_or(0, |s| s.id);
-        self.ctx.board.publish(self.ctx.board_slot, state, self.queue.len(), self.by_id.len(), owner);
+        let owner = self
+            .owner
+            .filter(|_| self.owner_exposed)
+            .and_then(|o| self.sessions.get(o))
+            .and_then(|s| s.as_ref())
+            .map_or(0, |s| s.id);
+        self.ctx.board.publish(self.ctx.board_slot, state, self.queue.len(), self.by_id.len(), owner, &ids);
+        self.exposed_ids = ids;
     }
 
     /// Send one session (not the owner) to the supervisor for another worker. False if it must stay.
