@@ -174,6 +174,11 @@ impl Pgmux {
     /// waits until it accepts TCP connections. Panics with the pgmux log if it
     /// exits or does not listen within 15 s.
     pub fn start(config: PgmuxConfig) -> Pgmux {
+        Pgmux::start_with_env(config, &[])
+    }
+
+    /// [`Pgmux::start`] with extra environment variables for the pgmux process.
+    pub fn start_with_env(config: PgmuxConfig, env: &[(&str, &str)]) -> Pgmux {
         // Start PostgreSQL first, so a failure there is not blamed on pgmux.
         Postgres::shared();
         let dir = temp_dir("pgmux-test");
@@ -209,6 +214,9 @@ impl Pgmux {
             .stderr(log)
             // Own group: Drop can take down workers a dying supervisor left.
             .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
         let mut pgmux = Pgmux { pid: child.id(), child: Some(child), port, dir, config };
         pgmux.wait_listening();

@@ -250,3 +250,37 @@ fn sigint_lets_transactions_finish_then_closes_sessions() {
     let status = pgmux.stop();
     assert!(status.success(), "pgmux exited with {status}");
 }
+
+/// systemd's `Type=notify` (PgBouncer's unit file): READY=1 once listening, RELOADING=1 then READY=1 around a
+/// reload, STOPPING=1 at shutdown.
+#[test]
+fn systemd_notify_protocol() {
+    let dir = pgmux_tests::util::temp_dir("pgmux-notify");
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("no sd_notify datagram");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut pgmux = Pgmux::start_with_env(PgmuxConfig::new(), &[("NOTIFY_SOCKET", path.to_str().expect("utf-8 path"))]);
+    let ready = recv();
+    assert!(ready.starts_with("READY=1"), "{ready:?}");
+    assert!(ready.contains(&format!("MAINPID={}", pgmux.pid())), "{ready:?}");
+    pgmux.client("appdb", "alice").simple_query("SELECT 1").unwrap();
+    let config = pgmux.config().clone();
+    pgmux.reload(config);
+    assert_eq!(recv(), "RELOADING=1");
+    assert_eq!(recv(), "READY=1");
+    let status = pgmux.stop();
+    assert!(status.success());
+    assert_eq!(recv(), "STOPPING=1");
+    // The unit file shipped is PgBouncer's with the binary swapped.
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pgmux.service")).unwrap();
+    for line in
+        ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillSignal=SIGINT", "ExecStart=/usr/local/bin/pgmux"]
+    {
+        assert!(unit.contains(line), "pgmux.service lacks {line}");
+    }
+}

@@ -9,6 +9,7 @@ mod listener;
 mod logging;
 mod net;
 mod process;
+mod sd_notify;
 mod sockets;
 mod supervisor;
 mod worker;

@@ -157,6 +157,7 @@ impl Supervisor {
         }
         let mut events = Events::with_capacity(256);
         let mut next_tick = Instant::now() + TICK;
+        crate::sd_notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -708,9 +709,11 @@ impl Supervisor {
                         }
                         Ok(Signal::SIGHUP) => {
                             info!("SIGHUP: reloading the configuration");
+                            crate::sd_notify::notify("RELOADING=1");
                             if let Err(e) = self.reload() {
                                 error!("reload failed, keeping the running configuration: {e}");
                             }
+                            crate::sd_notify::notify("READY=1");
                         }
                         Ok(s) => info!("ignoring {s}"),
                         Err(_) => {}
@@ -911,6 +914,7 @@ impl Supervisor {
         }
         let first = self.shutdown.is_none();
         self.shutdown = Some(mode);
+        crate::sd_notify::notify("STOPPING=1");
         if first {
             // Stop listening: new connections go to a sibling pooler (so_reuseport) or are refused by the kernel.
             self.listen.clear();
