@@ -397,7 +397,7 @@ fn queued_client_that_hung_up_is_closed() {
         c.batch_execute("COMMIT").unwrap();
         c.simple_query("SELECT 1").expect("holder after the queued client's turn");
         wait_until(Duration::from_secs(5), "the worker to close the client that hung up behind its query", || {
-            log_count(&pgmux, "closing: client closed the connection") >= round
+            log_count(&pgmux, "closing because: client unexpected eof") >= round
         });
     }
 }

@@ -131,6 +131,8 @@ struct Client {
     ssl_answered: bool,
     gss_answered: bool,
     login: Option<LoginInfo>,
+    /// Names the connection in log lines, PgBouncer-style ("C-0x..."): unique across listeners.
+    cid: u64,
 }
 
 /// What the loop must do with a connection after driving it.
@@ -167,6 +169,7 @@ struct Listener {
     shutdown_deadline: Option<Instant>,
     last_tick: Instant,
     refused: u64,
+    accepted_total: u64,
     last_refusal_log: Option<Instant>,
     exit: Option<i32>,
 }
@@ -202,6 +205,7 @@ impl Listener {
             shutdown_deadline: None,
             last_tick: Instant::now(),
             refused: 0,
+            accepted_total: 0,
             last_refusal_log: None,
             exit: None,
         })
@@ -357,7 +361,9 @@ impl Listener {
             ssl_answered: false,
             gss_answered: false,
             login: None,
+            cid: (u64::from(self.index) << 40) | self.accepted_total,
         };
+        self.accepted_total += 1;
         if let Some(s) = self.clients.get_mut(slot) {
             *s = Some(client);
         }
@@ -661,6 +667,7 @@ impl Client {
         let (user, database) = (user.to_owned(), database.to_owned());
         let params = s.params.into_iter().filter(|(n, _)| n != "user" && n != "database").collect();
         self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params });
+        info!("{} login attempt: db={database} user={user} tls=no", self.who());
         if env.config.database(&database).is_none() {
             self.fail("3D000", format!("no such database: {database}"), None);
             return;
@@ -695,11 +702,15 @@ impl Client {
             Some(d) if d != message => format!("{message} ({d})"),
             _ => message.clone(),
         };
+        // PgBouncer's wording, so existing log alerts keep matching.
+        let who = self.who();
+        // The client reads PostgreSQL's message ("... for user \"x\""); the log says what PgBouncer's says.
+        let reason = if code == "28P01" { "password authentication failed" } else { message.as_str() };
+        info!("{who} closing because: {reason} (age={}s)", self.accepted.elapsed().as_secs());
         if code.starts_with("28") {
-            warn!("login failed: {}: {why}", self.who());
-        } else {
-            info!("login failed: {}: {why}", self.who());
+            warn!("{who} pooler error: {reason}");
         }
+        debug!("{who} login failed: {why}");
         backend::error_response(&mut self.out, "FATAL", code, &message);
         self.inbuf = Vec::new();
         self.phase = Phase::Closing { deadline: Instant::now() + CLOSE_LINGER, shut: false, discarded: 0 };
@@ -745,11 +756,12 @@ impl Client {
         Ok(())
     }
 
-    /// "db=appdb user=alice addr=..." once the startup packet is known, else the address.
+    /// "C-0x2a: appdb/alice@127.0.0.1:50000" as PgBouncer names clients in its log; "(nodb)/(nouser)" before the
+    /// startup packet is known.
     fn who(&self) -> String {
         match &self.login {
-            Some(l) => format!("db={} user={} addr={}", l.database, l.user, self.addr),
-            None => format!("addr={}", self.addr),
+            Some(l) => format!("C-0x{:x}: {}/{}@{}", self.cid, l.database, l.user, self.addr),
+            None => format!("C-0x{:x}: (nodb)/(nouser)@{}", self.cid, self.addr),
         }
     }
 }

@@ -511,6 +511,12 @@ impl Worker {
         be::ready_for_query(&mut s.out, b'I');
     }
 
+    /// "S-0x7: appdb/alice@127.0.0.1:5432" as PgBouncer names server connections; the worker index plays the
+    /// pointer's part.
+    fn server_label(&self) -> String {
+        format!("S-0x{:x}: {}/{}@{}", self.ctx.index, self.ctx.database, self.login_user, self.addr)
+    }
+
     fn session(&mut self, idx: usize) -> Option<&mut Session> {
         self.sessions.get_mut(idx).and_then(|s| s.as_mut())
     }
@@ -572,7 +578,13 @@ impl Worker {
             // The supervisor holds a copy of the socket: closing ours alone would not end the connection.
             s.conn.shutdown_write();
         }
-        debug!("{}: closing: {reason}", s.label);
+        // PgBouncer's wording for the common reasons, so existing log alerts keep matching.
+        let why = match reason {
+            "client sent Terminate" => "client close request",
+            "client closed the connection" => "client unexpected eof",
+            other => other,
+        };
+        info!("{} closing because: {why} (age={}s)", s.label, s.arrived.elapsed().as_secs());
         self.send_supervisor(Msg::SessionClosed { session_id: s.id });
         if !s.listens.is_empty() {
             self.listen_sync = true;
@@ -683,7 +695,13 @@ impl Worker {
                 {
                     return Err(format!("pgmux: cannot watch server connection: {e}"));
                 }
-                info!("new server connection to {} (backend pid {})", self.addr, up.backend_pid);
+                let local = socket2::SockRef::from(&up.conn)
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map_or_else(|| "unix socket".to_string(), |a| a.to_string());
+                info!("{} new connection to server (from {local})", self.server_label());
+                debug!("new server connection to {} (backend pid {})", self.addr, up.backend_pid);
                 self.upstream = Some(up);
                 self.retry_at = None;
                 self.retry_delay = Duration::from_millis(250);
@@ -705,7 +723,12 @@ impl Worker {
     /// Forget the upstream; the session that owned it (if any) loses its connection as it would with PostgreSQL.
     fn drop_upstream(&mut self, reason: &str) {
         let Some(up) = self.upstream.take() else { return };
-        warn!("closing server connection (backend pid {}): {reason}", up.backend_pid);
+        warn!(
+            "{} closing because: {reason} (age={}s, backend pid {})",
+            self.server_label(),
+            up.connected_at.elapsed().as_secs(),
+            up.backend_pid
+        );
         let _ = self.poll.registry().deregister(&mut SourceFd(&up.conn.raw_fd()));
         drop(up);
         self.replies = Replies::new();
@@ -1624,6 +1647,13 @@ impl Worker {
         if self.by_id.is_empty() && self.owner.is_none() && self.replies.is_empty() && self.jobs.is_empty() {
             self.flush_outbox();
             if self.outbox.is_empty() {
+                if let Some(up) = self.upstream.as_ref() {
+                    info!(
+                        "{} closing because: server lifetime over (age={}s)",
+                        self.server_label(),
+                        up.connected_at.elapsed().as_secs()
+                    );
+                }
                 info!("drained, exiting");
                 self.stop = true;
             }

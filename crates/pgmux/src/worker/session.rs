@@ -80,7 +80,8 @@ pub struct Session {
 
 impl Session {
     pub fn new(record: SessionRecord, conn: Conn, settings: Vec<(String, String)>) -> Session {
-        let label = format!("s{} {}@{}", record.session_id, record.user, record.client_addr);
+        // PgBouncer names clients "C-0x<ptr>: db/user@addr" in its log; the session id plays the pointer's part.
+        let label = format!("C-0x{:x}: {}/{}@{}", record.session_id, record.database, record.user, record.client_addr);
         let mut s = Session {
             id: record.session_id,
             record,
