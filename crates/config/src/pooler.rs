@@ -110,7 +110,7 @@ impl fmt::Display for PoolMode {
 }
 
 /// The `[pooler]` table, every default applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pooler {
     /// TCP addresses to listen on; empty means no TCP, `*` became `0.0.0.0` and `::`.
     pub listen_addr: Vec<String>,

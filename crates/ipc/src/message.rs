@@ -19,6 +19,8 @@ const TAG_SESSION_CLOSED: u8 = 6;
 const TAG_WORKER_STATUS: u8 = 7;
 const TAG_MIGRATE: u8 = 8;
 const TAG_DRAINING: u8 = 9;
+const TAG_DRAIN: u8 = 10;
+const TAG_SESSION_STATE: u8 = 11;
 // The admin console's messages start at 40, clear of the core's.
 const TAG_STATS_REQUEST: u8 = 40;
 const TAG_WORKER_STATS: u8 = 41;
@@ -28,8 +30,8 @@ const TAG_PAUSE_SESSIONS: u8 = 44;
 const TAG_KILL_SESSIONS: u8 = 45;
 const TAG_KILL_SESSION: u8 = 46;
 const TAG_RECONNECT_UPSTREAM: u8 = 47;
-const TAG_CLOSE_TCP: u8 = 48;
 const TAG_SET_CONFIG: u8 = 49;
+const TAG_CLOSE_CONSOLES: u8 = 50;
 
 /// One message between two pgmux processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +71,15 @@ pub enum Msg {
     },
     /// worker → supervisor: this worker is moving all its sessions away and will exit; give it no new ones.
     Draining,
+    /// supervisor → worker: move every session to other workers at its next transaction boundary, then exit (a pool
+    /// shrank or its definition changed on reload).
+    Drain,
+    /// worker → supervisor: the session's state as it stands between transactions (after its greeting, and after any
+    /// turn that changed its settings, prepared statements or channels). The supervisor keeps it, with a copy of the
+    /// client socket, to re-home the session if this worker dies.
+    SessionState {
+        record: SessionRecord,
+    },
     // ----- admin console -----
     /// supervisor → worker: report your counters and state (`WorkerStats` with the same `seq`).
     StatsRequest {
@@ -104,14 +115,14 @@ pub enum Msg {
     },
     /// supervisor → worker: RECONNECT: close the upstream once it is released; the next turn opens a new one.
     ReconnectUpstream,
-    /// supervisor → listener: SHUTDOWN WAIT_FOR_*: close the TCP listen sockets, so new connections are refused
-    /// (the Unix socket stays, for the console).
-    CloseTcp,
     /// supervisor → any child: a `[pooler]` setting changed (console SET), already validated by the supervisor.
     SetConfig {
         key: String,
         value: String,
     },
+    /// supervisor → listener: pgmux is stopping, end the console sessions (a listener that is only retired by a
+    /// reload keeps serving them until their clients leave).
+    CloseConsoles,
 }
 
 /// Why a message could not be decoded.
@@ -257,6 +268,8 @@ impl Msg {
             Msg::WorkerStatus { .. } => "WorkerStatus",
             Msg::Migrate { .. } => "Migrate",
             Msg::Draining => "Draining",
+            Msg::Drain => "Drain",
+            Msg::SessionState { .. } => "SessionState",
             Msg::StatsRequest { .. } => "StatsRequest",
             Msg::WorkerStats { .. } => "WorkerStats",
             Msg::AdminRequest { .. } => "AdminRequest",
@@ -265,8 +278,8 @@ impl Msg {
             Msg::KillSessions => "KillSessions",
             Msg::KillSession { .. } => "KillSession",
             Msg::ReconnectUpstream => "ReconnectUpstream",
-            Msg::CloseTcp => "CloseTcp",
             Msg::SetConfig { .. } => "SetConfig",
+            Msg::CloseConsoles => "CloseConsoles",
         }
     }
 
@@ -279,6 +292,8 @@ impl Msg {
             | Msg::Shutdown
             | Msg::SessionClosed { .. }
             | Msg::Draining
+            | Msg::Drain
+            | Msg::SessionState { .. }
             | Msg::WorkerStatus { .. }
             | Msg::StatsRequest { .. }
             | Msg::WorkerStats { .. }
@@ -288,8 +303,8 @@ impl Msg {
             | Msg::KillSessions
             | Msg::KillSession { .. }
             | Msg::ReconnectUpstream
-            | Msg::CloseTcp
-            | Msg::SetConfig { .. } => 0,
+            | Msg::SetConfig { .. }
+            | Msg::CloseConsoles => 0,
         }
     }
 
@@ -328,6 +343,11 @@ impl Msg {
                 record.encode(out);
             }
             Msg::Draining => out.push(TAG_DRAINING),
+            Msg::Drain => out.push(TAG_DRAIN),
+            Msg::SessionState { record } => {
+                out.push(TAG_SESSION_STATE);
+                record.encode(out);
+            }
             Msg::StatsRequest { seq } => {
                 out.push(TAG_STATS_REQUEST);
                 out.extend_from_slice(&seq.to_be_bytes());
@@ -359,12 +379,12 @@ impl Msg {
                 out.extend_from_slice(&session_id.to_be_bytes());
             }
             Msg::ReconnectUpstream => out.push(TAG_RECONNECT_UPSTREAM),
-            Msg::CloseTcp => out.push(TAG_CLOSE_TCP),
             Msg::SetConfig { key, value } => {
                 out.push(TAG_SET_CONFIG);
                 crate::wire::put_str(out, key);
                 crate::wire::put_str(out, value);
             }
+            Msg::CloseConsoles => out.push(TAG_CLOSE_CONSOLES),
         }
     }
 
@@ -381,6 +401,8 @@ impl Msg {
             TAG_WORKER_STATUS => "WorkerStatus",
             TAG_MIGRATE => "Migrate",
             TAG_DRAINING => "Draining",
+            TAG_DRAIN => "Drain",
+            TAG_SESSION_STATE => "SessionState",
             TAG_STATS_REQUEST => "StatsRequest",
             TAG_WORKER_STATS => "WorkerStats",
             TAG_ADMIN_REQUEST => "AdminRequest",
@@ -389,8 +411,8 @@ impl Msg {
             TAG_KILL_SESSIONS => "KillSessions",
             TAG_KILL_SESSION => "KillSession",
             TAG_RECONNECT_UPSTREAM => "ReconnectUpstream",
-            TAG_CLOSE_TCP => "CloseTcp",
             TAG_SET_CONFIG => "SetConfig",
+            TAG_CLOSE_CONSOLES => "CloseConsoles",
             other => return Err(MessageError::UnknownTag(other)),
         };
         let mut f = Fields { msg: name, r: Reader::new(body) };
@@ -403,6 +425,8 @@ impl Msg {
             TAG_SESSION_CLOSED => Msg::SessionClosed { session_id: f.u64("session_id")? },
             TAG_MIGRATE => Msg::Migrate { record: f.record()? },
             TAG_DRAINING => Msg::Draining,
+            TAG_DRAIN => Msg::Drain,
+            TAG_SESSION_STATE => Msg::SessionState { record: f.record()? },
             TAG_STATS_REQUEST => Msg::StatsRequest { seq: f.u64("seq")? },
             TAG_WORKER_STATS => Msg::WorkerStats { seq: f.u64("seq")?, last: f.bool("last")?, part: f.bytes("part")? },
             TAG_ADMIN_REQUEST => Msg::AdminRequest { id: f.u64("id")?, command: f.command()? },
@@ -411,8 +435,8 @@ impl Msg {
             TAG_KILL_SESSIONS => Msg::KillSessions,
             TAG_KILL_SESSION => Msg::KillSession { session_id: f.u64("session_id")? },
             TAG_RECONNECT_UPSTREAM => Msg::ReconnectUpstream,
-            TAG_CLOSE_TCP => Msg::CloseTcp,
             TAG_SET_CONFIG => Msg::SetConfig { key: f.string("key")?, value: f.string("value")? },
+            TAG_CLOSE_CONSOLES => Msg::CloseConsoles,
             // The only tag left after the match above.
             _ => Msg::WorkerStatus { upstream_up: f.bool("upstream_up")?, sessions: f.u32("sessions")? },
         };
@@ -438,6 +462,8 @@ mod tests {
             Msg::WorkerStatus { upstream_up: false, sessions: 0 },
             Msg::Migrate { record: full_record() },
             Msg::Draining,
+            Msg::Drain,
+            Msg::SessionState { record: full_record() },
             Msg::StatsRequest { seq: 3 },
             Msg::WorkerStats { seq: 3, last: true, part: vec![1, 2, 3] },
             Msg::AdminRequest { id: 4, command: AdminCommand::Pause { db: Some("appdb".into()) } },
@@ -446,8 +472,8 @@ mod tests {
             Msg::KillSessions,
             Msg::KillSession { session_id: 5 },
             Msg::ReconnectUpstream,
-            Msg::CloseTcp,
             Msg::SetConfig { key: "query_wait_timeout".into(), value: "5".into() },
+            Msg::CloseConsoles,
         ]
     }
 
@@ -467,7 +493,7 @@ mod tests {
     #[test]
     fn fd_counts() {
         let counts: Vec<usize> = all().iter().map(Msg::fd_count).collect();
-        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -496,7 +522,7 @@ mod tests {
     #[test]
     fn unknown_tags_rejected() {
         assert_eq!(Msg::decode(&[]), Err(MessageError::Empty));
-        for tag in [0u8, 10, 0x51, 0xFF] {
+        for tag in [0u8, 12, 0x51, 0xFF] {
             assert_eq!(Msg::decode(&[tag]), Err(MessageError::UnknownTag(tag)));
         }
     }

@@ -142,6 +142,8 @@ struct Client {
     login: Option<LoginInfo>,
     /// Logged in to the console as the OS user running pgmux over the Unix socket (no password, admin rights).
     peer_admin: bool,
+    /// Names the connection in log lines, PgBouncer-style ("C-0x..."): unique across listeners.
+    cid: u64,
 }
 
 /// What the loop must do with a connection after driving it.
@@ -182,6 +184,7 @@ struct Listener {
     shutdown_deadline: Option<Instant>,
     last_tick: Instant,
     refused: u64,
+    accepted_total: u64,
     last_refusal_log: Option<Instant>,
     exit: Option<i32>,
     /// Console commands sent to the supervisor: request id → connection slot.
@@ -220,6 +223,7 @@ impl Listener {
             shutdown_deadline: None,
             last_tick: Instant::now(),
             refused: 0,
+            accepted_total: 0,
             last_refusal_log: None,
             exit: None,
             admin_requests: std::collections::HashMap::new(),
@@ -378,7 +382,9 @@ impl Listener {
             gss_answered: false,
             login: None,
             peer_admin: false,
+            cid: (u64::from(self.index) << 40) | self.accepted_total,
         };
+        self.accepted_total += 1;
         if let Some(s) = self.clients.get_mut(slot) {
             *s = Some(client);
         }
@@ -497,7 +503,7 @@ impl Listener {
                 Ok(Some((msg, _fds))) => match msg {
                     Msg::Shutdown => self.begin_shutdown(),
                     Msg::AdminReply { id, last, part } => self.admin_reply(id, last, &part),
-                    Msg::CloseTcp => self.close_tcp(),
+                    Msg::CloseConsoles => self.close_consoles(),
                     Msg::SetConfig { key, value } => match self.config.with_setting(&key, &value) {
                         Ok(c) => self.config = Arc::new(c),
                         Err(e) => warn!("SET {key}: {e:?}"),
@@ -538,19 +544,6 @@ impl Listener {
         }
     }
 
-    /// SHUTDOWN WAIT_FOR_*: closes the TCP listen sockets (the supervisor closes its copies too, so new TCP
-    /// connections are refused); the Unix socket stays open so an administrator can still reach the console.
-    fn close_tcp(&mut self) {
-        for entry in self.listen.iter_mut() {
-            if matches!(entry, Some(ListenEntry { sock: Acceptor::Tcp(_), .. })) {
-                if let Some(mut l) = entry.take() {
-                    info!("closing {}", l.name);
-                    let _ = self.poll.registry().deregister(l.source());
-                }
-            }
-        }
-    }
-
     fn begin_shutdown(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -562,17 +555,21 @@ impl Listener {
                 let _ = self.poll.registry().deregister(l.source());
             }
         }
-        // Console sessions end with the pooler.
+        // Console sessions stay: a listener retired by a reload serves them until their clients leave; when pgmux
+        // itself stops, the supervisor says so (`Msg::CloseConsoles`).
+        self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+    }
+
+    /// pgmux is stopping: console sessions end once what they were sent (an answer to SHUTDOWN) is out.
+    fn close_consoles(&mut self) {
         for slot in 0..self.clients.len() {
             if let Some(Some(c)) = self.clients.get_mut(slot) {
                 if matches!(c.phase, Phase::Console(_)) {
-                    backend::error_response(&mut c.out, "FATAL", "57P01", "pgmux is shutting down");
                     c.phase = Phase::Closing { deadline: Instant::now() + CLOSE_LINGER, shut: false, discarded: 0 };
                     self.drive(slot);
                 }
             }
         }
-        self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
     }
 
     // ----- janitor -----
@@ -602,13 +599,25 @@ impl Listener {
         }
         if let Some(deadline) = self.shutdown_deadline {
             let in_progress = self.clients.len() - self.free.len();
+            let consoles = self.clients.iter().flatten().filter(|c| matches!(c.phase, Phase::Console(_))).count();
             if in_progress == 0 && self.outbox.is_empty() {
                 info!("shutdown complete");
                 self.exit = Some(0);
-            } else if now >= deadline {
-                warn!("shutdown: giving up on {in_progress} unfinished login(s)");
+            } else if now >= deadline && in_progress > consoles {
+                warn!("shutdown: giving up on {} unfinished login(s)", in_progress - consoles);
                 self.flush_outbox();
-                self.exit = Some(0);
+                if consoles == 0 {
+                    self.exit = Some(0);
+                } else {
+                    let logins: Vec<usize> = (0..self.clients.len())
+                        .filter(
+                            |&i| matches!(self.clients.get(i), Some(Some(c)) if !matches!(c.phase, Phase::Console(_))),
+                        )
+                        .collect();
+                    for slot in logins {
+                        self.remove(slot);
+                    }
+                }
             }
         }
     }
@@ -747,6 +756,7 @@ impl Client {
         let (user, database) = (user.to_owned(), database.to_owned());
         let params = s.params.into_iter().filter(|(n, _)| n != "user" && n != "database").collect();
         self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params });
+        info!("{} login attempt: db={database} user={user} tls=no", self.who());
         let console = crate::admin::is_console_database(&database);
         if console && self.addr == "unix" && crate::admin::is_own_user_over_unix(&self.sock, &user) {
             // PgBouncer lets the OS user running it into the console over the Unix socket without a password.
@@ -841,11 +851,15 @@ impl Client {
             Some(d) if d != message => format!("{message} ({d})"),
             _ => message.clone(),
         };
+        // PgBouncer's wording, so existing log alerts keep matching.
+        let who = self.who();
+        // The client reads PostgreSQL's message ("... for user \"x\""); the log says what PgBouncer's says.
+        let reason = if code == "28P01" { "password authentication failed" } else { message.as_str() };
+        info!("{who} closing because: {reason} (age={}s)", self.accepted.elapsed().as_secs());
         if code.starts_with("28") {
-            warn!("login failed: {}: {why}", self.who());
-        } else {
-            info!("login failed: {}: {why}", self.who());
+            warn!("{who} pooler error: {reason}");
         }
+        debug!("{who} login failed: {why}");
         backend::error_response(&mut self.out, "FATAL", code, &message);
         self.inbuf = Vec::new();
         self.phase = Phase::Closing { deadline: Instant::now() + CLOSE_LINGER, shut: false, discarded: 0 };
@@ -891,11 +905,12 @@ impl Client {
         Ok(())
     }
 
-    /// "db=appdb user=alice addr=..." once the startup packet is known, else the address.
+    /// "C-0x2a: appdb/alice@127.0.0.1:50000" as PgBouncer names clients in its log; "(nodb)/(nouser)" before the
+    /// startup packet is known.
     fn who(&self) -> String {
         match &self.login {
-            Some(l) => format!("db={} user={} addr={}", l.database, l.user, self.addr),
-            None => format!("addr={}", self.addr),
+            Some(l) => format!("C-0x{:x}: {}/{}@{}", self.cid, l.database, l.user, self.addr),
+            None => format!("C-0x{:x}: (nodb)/(nouser)@{}", self.cid, self.addr),
         }
     }
 }

@@ -29,7 +29,7 @@ use pgmux_ipc::stats::{Counters, WorkerReport};
 use pgmux_ipc::wire::{self, Assembler};
 use pgmux_ipc::{Msg, SessionRecord};
 
-use super::{refuse, Role, Supervisor};
+use super::{refuse, Role, Shutdown, Supervisor};
 
 /// How long a SHOW waits for the workers' reports.
 const GATHER_TIMEOUT: Duration = Duration::from_millis(300);
@@ -71,8 +71,8 @@ enum WaitFor {
 
 #[derive(Debug)]
 struct Waiter {
-    /// The console request to answer when done; None for SHUTDOWN WAIT_FOR_SERVERS (already answered).
-    reply_to: Option<(usize, u64)>,
+    /// The console request to answer when done.
+    reply_to: (usize, u64),
     tag: WaitFor,
     /// Reports answering a request this old or newer reflect the command.
     since_seq: u64,
@@ -111,8 +111,8 @@ pub(super) struct AdminState {
     paused_dbs: HashSet<String>,
     disabled: HashSet<String>,
     waiters: Vec<Waiter>,
-    /// SHUTDOWN WAIT_FOR_SERVERS / WAIT_FOR_CLIENTS in progress.
-    shutdown: Option<ShutdownMode>,
+    /// The listeners were told to end the console sessions (pgmux is stopping).
+    consoles_closed: bool,
 }
 
 impl AdminState {
@@ -136,7 +136,7 @@ impl AdminState {
             paused_dbs: HashSet::new(),
             disabled: HashSet::new(),
             waiters: Vec::new(),
-            shutdown: None,
+            consoles_closed: false,
         }
     }
 }
@@ -181,9 +181,6 @@ impl Supervisor {
 
     /// Whether a new session of `database` must be refused now, and with what.
     pub(super) fn admin_refusal(&self, database: &str) -> Option<(&'static str, String)> {
-        if self.admin.shutdown.is_some() {
-            return Some(("57P01", "pgmux is shutting down".into()));
-        }
         if self.admin.disabled.contains(database) {
             return Some(("08P01", format!("database does not allow connections: {database}")));
         }
@@ -245,6 +242,31 @@ impl Supervisor {
         self.finish_gathers();
     }
 
+    /// Stops listening on the TCP sockets in every process at once: listeners hold copies of them, and a listener
+    /// stays up while it serves console sessions, so closing the supervisor's copy alone would leave new
+    /// connections waiting in the backlog instead of being refused.
+    pub(super) fn shut_listen_sockets(&self) {
+        for l in &self.listen {
+            if let crate::sockets::ListenSocket::Tcp { fd, .. } = l {
+                let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Read);
+            }
+        }
+    }
+
+    /// Every tick of a shutdown: once no worker is left, the console sessions (which the listeners keep until then,
+    /// as PgBouncer keeps its console open until it exits) may end, so the listeners can exit too.
+    pub(super) fn admin_shutdown_tick(&mut self) {
+        if self.admin.consoles_closed || !self.worker_slots().is_empty() {
+            return;
+        }
+        self.admin.consoles_closed = true;
+        for c in self.children.iter_mut().flatten() {
+            if matches!(c.role, Role::Listener { .. }) {
+                let _ = c.outbox.send(&c.channel, &Msg::CloseConsoles, Vec::new());
+            }
+        }
+    }
+
     /// Every tick: gatherings past their deadline, the stats window, commands waiting for workers, shutdown.
     pub(super) fn admin_tick(&mut self) {
         let now = Instant::now();
@@ -256,14 +278,6 @@ impl Supervisor {
         let checking = self.admin.gathers.iter().any(|g| matches!(g.then, Then::Check));
         if !self.admin.waiters.is_empty() && !checking {
             self.start_gather(Then::Check);
-        }
-        if self.admin.shutdown == Some(ShutdownMode::WaitForClients)
-            && self.sessions.is_empty()
-            && self.pools.iter().all(|p| p.waiting.is_empty())
-        {
-            info!("SHUTDOWN WAIT_FOR_CLIENTS: no clients left");
-            self.admin.shutdown = None;
-            self.begin_shutdown(libc::SIGTERM);
         }
         // Sessions that ended leave the table; their login notes go too.
         if self.admin.clients.len() > self.sessions.len() {
@@ -505,7 +519,7 @@ impl Supervisor {
             AdminCommand::Reconnect { db } => self.cmd_reconnect(db),
             AdminCommand::WaitClose { db } => self.cmd_wait_close(listener, id, db),
             AdminCommand::Reload => Ok(Some(self.cmd_reload())),
-            AdminCommand::Shutdown { mode } => self.cmd_shutdown(mode),
+            AdminCommand::Shutdown { mode } => self.cmd_shutdown(listener, id, mode),
             AdminCommand::Set { key, value } => Ok(Some(self.cmd_set(&key, &value))),
         };
         match result {
@@ -563,7 +577,7 @@ impl Supervisor {
         }
     }
 
-    fn wait_for(&mut self, reply_to: Option<(usize, u64)>, tag: WaitFor) {
+    fn wait_for(&mut self, reply_to: (usize, u64), tag: WaitFor) {
         let since_seq = self.admin.next_seq;
         self.admin.waiters.push(Waiter { reply_to, tag, since_seq });
         self.start_gather(Then::Check);
@@ -588,7 +602,7 @@ impl Supervisor {
             }
         }
         self.apply_pause();
-        self.wait_for(Some((listener, id)), WaitFor::Released { db });
+        self.wait_for((listener, id), WaitFor::Released { db });
         Ok(None)
     }
 
@@ -602,7 +616,7 @@ impl Supervisor {
         info!("SUSPEND command issued");
         self.admin.pause = Some(PauseKind::Suspend);
         self.apply_pause();
-        self.wait_for(Some((listener, id)), WaitFor::Released { db: None });
+        self.wait_for((listener, id), WaitFor::Released { db: None });
         Ok(None)
     }
 
@@ -610,7 +624,7 @@ impl Supervisor {
         match db {
             None => {
                 info!("RESUME command issued");
-                if self.admin.shutdown.is_some() || self.shutdown_deadline.is_some() {
+                if self.shutdown.is_some() {
                     return Err("pooler is shutting down".into());
                 }
                 if self.admin.pause.take().is_none() {
@@ -630,9 +644,9 @@ impl Supervisor {
         // A PAUSE still waiting for its servers is over: nothing is paused any more.
         let waiting: Vec<Waiter> = self.admin.waiters.drain(..).collect();
         for w in waiting {
-            match (&w.tag, w.reply_to) {
-                (WaitFor::Released { db }, Some((l, id))) if !self.still_paused(db.as_deref()) => {
-                    self.reply(l, id, &AdminReply::Done)
+            match &w.tag {
+                WaitFor::Released { db } if !self.still_paused(db.as_deref()) => {
+                    self.reply(w.reply_to.0, w.reply_to.1, &AdminReply::Done)
                 }
                 _ => self.admin.waiters.push(w),
             }
@@ -645,24 +659,6 @@ impl Supervisor {
         match db {
             None => self.admin.pause.is_some(),
             Some(d) => self.pool_paused(d),
-        }
-    }
-
-    /// SHUTDOWN WAIT_FOR_*: new TCP connections are refused from now on (PgBouncer closes its TCP sockets too);
-    /// the Unix socket stays for the console.
-    fn close_tcp(&mut self) {
-        for l in &self.listen {
-            if let crate::sockets::ListenSocket::Tcp { fd, .. } = l {
-                // Every process holds a copy of the socket (children inherit it): shutting it down stops listening
-                // for all of them at once, so new connections are refused rather than left in a backlog.
-                let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Read);
-            }
-        }
-        self.listen.retain(|l| !matches!(l, crate::sockets::ListenSocket::Tcp { .. }));
-        for c in self.children.iter_mut().flatten() {
-            if matches!(c.role, Role::Listener { .. }) {
-                let _ = c.outbox.send(&c.channel, &Msg::CloseTcp, Vec::new());
-            }
         }
     }
 
@@ -687,6 +683,10 @@ impl Supervisor {
         };
         self.admin.paused_dbs.extend(dbs);
         for slot in self.workers_of(db.as_deref()) {
+            // Its exit is expected: nothing respawns in its place until a session needs a worker again.
+            if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                c.retiring = true;
+            }
             let _ = self.send(slot, Msg::KillSessions, Vec::new());
             for p in &mut self.pools {
                 p.workers.retain(|&w| w != slot);
@@ -750,34 +750,35 @@ impl Supervisor {
                 self.check_db(d, "wait_close")?;
             }
         }
-        self.wait_for(Some((listener, id)), WaitFor::Closed { db });
+        self.wait_for((listener, id), WaitFor::Closed { db });
         Ok(None)
     }
 
-    fn cmd_shutdown(&mut self, mode: ShutdownMode) -> Result<Option<AdminReply>, String> {
-        match mode {
+    /// SHUTDOWN's modes are the signals' (`Supervisor::begin_shutdown`): WAIT_FOR_CLIENTS is SIGTERM's (serve every
+    /// session until its client leaves), WAIT_FOR_SERVERS SIGINT's (let every transaction in flight finish, then
+    /// close the sessions); a plain SHUTDOWN is the latter without an answer, as PgBouncer's console connection ends
+    /// with the pooler. Either way listeners stop accepting and console sessions end.
+    fn cmd_shutdown(&mut self, listener: usize, id: u64, mode: ShutdownMode) -> Result<Option<AdminReply>, String> {
+        let how = match mode {
             ShutdownMode::Immediate => {
                 info!("SHUTDOWN command issued");
-                // Like PgBouncer, no answer: the console connection ends with the pooler.
-                self.begin_shutdown(libc::SIGTERM);
-                Ok(None)
+                Shutdown::WaitForServers
             }
             ShutdownMode::WaitForServers => {
                 info!("SHUTDOWN WAIT_FOR_SERVERS command issued");
-                self.admin.shutdown = Some(mode);
-                self.admin.pause = Some(PauseKind::Pause);
-                self.close_tcp();
-                self.apply_pause();
-                self.wait_for(None, WaitFor::Released { db: None });
-                Ok(Some(AdminReply::Done))
+                Shutdown::WaitForServers
             }
             ShutdownMode::WaitForClients => {
                 info!("SHUTDOWN WAIT_FOR_CLIENTS command issued");
-                self.admin.shutdown = Some(mode);
-                self.close_tcp();
-                Ok(Some(AdminReply::Done))
+                Shutdown::WaitForClients
             }
+        };
+        if mode != ShutdownMode::Immediate {
+            // The answer goes out before the listener is told to stop, on the same channel.
+            self.reply(listener, id, &AdminReply::Done);
         }
+        self.begin_shutdown(how);
+        Ok(None)
     }
 
     fn cmd_set(&mut self, key: &str, value: &str) -> AdminReply {
@@ -807,20 +808,12 @@ impl Supervisor {
         }
     }
 
+    /// RELOAD is SIGHUP's reload (`Supervisor::reload`): new listeners get the new configuration, pools whose
+    /// worker settings changed get new workers.
     fn cmd_reload(&mut self) -> AdminReply {
         info!("RELOAD command issued");
-        let before = settings::settings(&self.config.pooler);
         match self.reload() {
-            Ok(()) => {
-                // Children forked earlier still have the old settings: pass on the ones they can change.
-                let after = settings::settings(&self.config.pooler);
-                for (old, new) in before.iter().zip(after.iter()) {
-                    if new.changeable && old.value != new.value {
-                        self.broadcast_setting(new.key, &new.value);
-                    }
-                }
-                AdminReply::Done
-            }
+            Ok(()) => AdminReply::Done,
             Err(e) => {
                 warn!("RELOAD failed: {e}");
                 AdminReply::Error {
@@ -842,17 +835,8 @@ impl Supervisor {
                 self.admin.waiters.push(w);
                 continue;
             }
-            match w.reply_to {
-                Some((listener, id)) => {
-                    info!("{:?}: done", w.tag);
-                    self.reply(listener, id, &AdminReply::Done);
-                }
-                None => {
-                    info!("SHUTDOWN WAIT_FOR_SERVERS: all servers released");
-                    self.admin.shutdown = None;
-                    self.begin_shutdown(libc::SIGTERM);
-                }
-            }
+            info!("{:?}: done", w.tag);
+            self.reply(w.reply_to.0, w.reply_to.1, &AdminReply::Done);
         }
     }
 

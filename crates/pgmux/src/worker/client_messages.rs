@@ -169,6 +169,7 @@ impl Worker {
         }
         if let Some(s) = self.session(idx) {
             s.prepared.insert(name.into(), def);
+            s.touch();
         }
     }
 
@@ -192,6 +193,7 @@ impl Worker {
                         let rest = text.get(name.span.end..st.span.end).unwrap_or_default().to_string();
                         let p = SqlPrepared { upstream_name: uname.clone(), rest, generation };
                         s.sql_prepared.insert(client, p);
+                        s.touch();
                         uname
                     }
                 };
@@ -211,7 +213,9 @@ impl Worker {
             }
             SqlKind::Deallocate { name: Some(name) } => {
                 let client = name.value.to_string();
-                let p = self.session(idx)?.sql_prepared.remove(&client)?;
+                let s = self.session(idx)?;
+                let p = s.sql_prepared.remove(&client)?;
+                s.touch();
                 (name.span.clone(), p.upstream_name)
             }
             _ => return None,
@@ -339,6 +343,7 @@ impl Worker {
             // Only the session's name goes; the upstream statement may serve other sessions.
             if let Some(s) = self.session(idx) {
                 s.prepared.remove(name);
+                s.touch();
             }
             let mut reply = Vec::new();
             be::close_complete(&mut reply);
@@ -559,6 +564,7 @@ impl Worker {
         match action {
             PlanAction::DeallocateAll { discard } => {
                 if let Some(s) = session {
+                    s.touch();
                     s.prepared.clear();
                     s.sql_prepared.clear();
                     s.unnamed = None;
@@ -573,21 +579,25 @@ impl Worker {
             PlanAction::AddSql(name, p) => {
                 if let Some(s) = session {
                     s.sql_prepared.insert(name, p);
+                    s.touch();
                 }
             }
             PlanAction::RemoveSql(name) => {
                 if let Some(s) = session {
                     s.sql_prepared.remove(&name);
+                    s.touch();
                 }
             }
             PlanAction::RemoveProtocol(name) => {
                 if let Some(s) = session {
                     s.prepared.remove(name.as_str());
+                    s.touch();
                 }
             }
             PlanAction::Listen(channel) => {
                 if let Some(s) = session {
                     s.listens.insert(channel);
+                    s.touch();
                 }
                 self.listen_sync = true;
             }
@@ -596,8 +606,12 @@ impl Worker {
                     match channel {
                         Some(c) => {
                             s.listens.remove(&c);
+                            s.touch();
                         }
-                        None => s.listens.clear(),
+                        None => {
+                            s.listens.clear();
+                            s.touch();
+                        }
                     }
                 }
                 self.listen_sync = true;
@@ -625,6 +639,7 @@ impl Worker {
         if let Some(s) = self.by_id.get(&id).copied().and_then(|i| self.session(i)) {
             s.prepared.clear();
             s.sql_prepared.clear();
+            s.touch();
             s.unnamed = None;
         }
         // Settings are left alone here: DISCARD ALL also marks the session's settings for a read-back, which
@@ -646,6 +661,7 @@ impl Worker {
             if let Some(s) = self.by_id.get(&session_id).copied().and_then(|i| self.session(i)) {
                 if s.prepared.get(&*name).is_some_and(|d| Rc::ptr_eq(d, &p.def)) {
                     s.prepared.remove(&*name);
+                    s.touch();
                 }
             }
         }
