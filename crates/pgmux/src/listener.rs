@@ -103,6 +103,8 @@ struct LoginInfo {
     database: String,
     user: String,
     params: Vec<(String, String)>,
+    /// From a SCRAM login: passed on so the worker can log in upstream with it.
+    scram_client_key: Option<[u8; 32]>,
 }
 
 enum Phase {
@@ -434,6 +436,7 @@ impl Listener {
             startup_params: login.params,
             client_addr: c.addr,
             pending_input: std::mem::take(&mut c.inbuf),
+            scram_client_key: login.scram_client_key.map(|k| k.to_vec()).unwrap_or_default(),
             ..SessionRecord::default()
         };
         self.send(&Msg::Login { record }, vec![c.sock.into_fd()], "login");
@@ -666,7 +669,7 @@ impl Client {
         };
         let (user, database) = (user.to_owned(), database.to_owned());
         let params = s.params.into_iter().filter(|(n, _)| n != "user" && n != "database").collect();
-        self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params });
+        self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params, scram_client_key: None });
         info!("{} login attempt: db={database} user={user} tls=no", self.who());
         if env.config.database(&database).is_none() {
             self.fail("3D000", format!("no such database: {database}"), None);
@@ -684,6 +687,9 @@ impl Client {
             AuthStep::Send(bytes) => self.out.extend_from_slice(&bytes),
             AuthStep::Done(bytes) => {
                 self.out.extend_from_slice(&bytes);
+                if let (Phase::Authenticating(a), Some(login)) = (&self.phase, self.login.as_mut()) {
+                    login.scram_client_key = a.scram_client_key();
+                }
                 self.phase = Phase::HandingOff;
             }
             AuthStep::Fail { code, message } => {
