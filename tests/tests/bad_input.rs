@@ -532,50 +532,114 @@ fn broken_startup_packets_are_refused_cleanly() {
 // client_login_timeout
 // ---------------------------------------------------------------------------------------------------------------
 
-#[test]
-fn silent_and_stalled_clients_hit_client_login_timeout() {
-    let p = Pgmux::start(PgmuxConfig::new().set("client_login_timeout", "1").set("auth_type", "\"md5\""));
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A SASLInitialResponse choosing SCRAM-SHA-256 with `data` as the client-first-message.
+fn sasl_initial_response(data: &[u8]) -> Vec<u8> {
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    body.extend_from_slice(data);
+    with_length(Some(b'p'), body)
+}
+
+/// Connects and sends `startup`; returns the socket once the first authentication request (`R`, code `want`)
+/// has arrived.
+fn at_auth_request(port: u16, startup: &[u8], want: u32) -> TcpStream {
+    let mut s = raw_connect(port);
+    raw_send(&mut s, startup);
+    let (tag, body) = read_backend_message(&mut s).expect("an authentication request");
+    assert_eq!((tag, body.get(..4)), (b'R', Some(&want.to_be_bytes()[..])), "authentication request");
+    s
+}
+
+/// Clients that stall at every point of a login, all on the one listener: each is closed with 08P01
+/// "client_login_timeout" about client_login_timeout after it connected, and while they wait, other clients log in
+/// and run queries through the same listener without delay, and a session that logged in before is unaffected.
+fn stalled_logins_time_out_while_others_work(auth: &str) {
+    let p = Pgmux::start(
+        PgmuxConfig::new()
+            .set("listeners", "1")
+            .set("client_login_timeout", &LOGIN_TIMEOUT.as_secs_f64().to_string())
+            .set("auth_type", &format!("\"{auth}\"")),
+    );
+    assert_eq!(p.children("pgmux-listener").len(), 1, "one listener");
     let port = p.port();
     let c = Arc::new(Mutex::new(p.client("appdb", "alice")));
     on_client(&c, "SELECT 1 on the long-lived session", |c| c.query_one("SELECT 1", &[]).map(|_| ())).unwrap();
     let before = family(&p);
 
     let start = Instant::now();
-    // Never sends anything.
-    let mut silent = raw_connect(port);
-    // Half a startup packet.
-    let mut half = raw_connect(port);
     let pkt = startup_packet("alice", "appdb");
+    let mut stalled: Vec<(String, TcpStream)> = Vec::new();
+    for i in 0..20 {
+        stalled.push((format!("silent #{i}"), raw_connect(port)));
+    }
+    let mut half = raw_connect(port);
     raw_send(&mut half, &pkt[..pkt.len() / 2]);
-    // A whole startup packet, then never answers the md5 challenge.
-    let mut mute = raw_connect(port);
-    raw_send(&mut mute, &pkt);
-    let (tag, body) = read_backend_message(&mut mute).expect("md5 challenge");
-    assert_eq!((tag, &body[..4]), (b'R', &[0u8, 0, 0, 5][..]), "expected AuthenticationMD5Password");
-
-    // Meanwhile other logins work, promptly (the stalled ones block nothing).
-    for _ in 0..3 {
-        let t = Instant::now();
-        login_select_1(&p, "appdb", "alice");
-        assert!(t.elapsed() < Duration::from_secs(3), "a login took {:?}", t.elapsed());
+    stalled.push(("half a startup packet".into(), half));
+    let mut ssl = raw_connect(port);
+    raw_send(&mut ssl, &ssl_request());
+    assert_eq!(read_byte(&mut ssl), b'N');
+    stalled.push(("nothing after the SSLRequest answer".into(), ssl));
+    if auth == "md5" {
+        stalled.push(("no answer to the md5 challenge".into(), at_auth_request(port, &pkt, 5)));
+        let mut s = at_auth_request(port, &pkt, 5);
+        let answer = with_length(Some(b'p'), b"md50123456789abcdef0123456789abcdef\0".to_vec());
+        raw_send(&mut s, &answer[..answer.len() / 2]);
+        stalled.push(("half a password message".into(), s));
+    } else {
+        stalled.push(("no SASLInitialResponse".into(), at_auth_request(port, &pkt, 10)));
+        let first = sasl_initial_response(b"n,,n=,r=0123456789abcdefghij");
+        let mut s = at_auth_request(port, &pkt, 10);
+        raw_send(&mut s, &first[..first.len() - 3]);
+        stalled.push(("half a SASLInitialResponse".into(), s));
+        // The exchange itself is under way: the server-first-message has come, the client never finishes.
+        let mut s = at_auth_request(port, &pkt, 10);
+        raw_send(&mut s, &first);
+        let (tag, body) = read_backend_message(&mut s).expect("AuthenticationSASLContinue");
+        assert_eq!((tag, body.get(..4)), (b'R', Some(&11u32.to_be_bytes()[..])), "mid-SCRAM");
+        stalled.push(("stalled mid-SCRAM (no client-final-message)".into(), s));
+        let mut s = at_auth_request(port, &pkt, 10);
+        raw_send(&mut s, &first);
+        read_backend_message(&mut s).expect("AuthenticationSASLContinue");
+        raw_send(&mut s, b"p\0\0\0\x40c=biws,r=");
+        stalled.push(("half a client-final-message".into(), s));
     }
 
-    for (name, s) in [("silent", &mut silent), ("half startup", &mut half), ("no password", &mut mute)] {
-        let (code, msg) = expect_error_then_eof(s);
+    // Meanwhile, on the same listener: five logins, each with queries, all done before any stalled login is due.
+    for i in 0..5 {
+        let t = Instant::now();
+        login_select_1(&p, "appdb", "alice");
+        on_client(&c, "the long-lived session", |c| c.query_one("SELECT 2", &[]).map(|_| ())).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1), "login {i} took {:?} next to stalled ones", t.elapsed());
+    }
+    assert!(start.elapsed() < LOGIN_TIMEOUT, "the logins beside the stalled ones took {:?}", start.elapsed());
+
+    for (name, mut s) in stalled {
+        let (code, msg) = expect_error_then_eof(&mut s);
         let elapsed = start.elapsed();
         eprintln!("{name}: {code}: {msg} after {elapsed:?}");
         assert_eq!(code, "08P01", "{name}");
         assert!(msg.contains("client_login_timeout"), "{name}: {msg}");
         assert!(
-            elapsed >= Duration::from_millis(950) && elapsed < Duration::from_secs(4),
-            "{name}: closed after {elapsed:?}, expected about 1 s"
+            elapsed >= LOGIN_TIMEOUT - Duration::from_millis(50) && elapsed < LOGIN_TIMEOUT + Duration::from_secs(3),
+            "{name}: closed after {elapsed:?}, expected about {LOGIN_TIMEOUT:?}"
         );
     }
     assert_intact(&p, &before, "appdb", "alice", false);
-    // The long-lived session from before is unaffected.
     on_client(&c, "SELECT 1 on the long-lived session", |c| c.query_one("SELECT 1", &[]).map(|_| ())).unwrap();
     drop(c);
     p.stop();
+}
+
+#[test]
+fn stalled_md5_logins_hit_client_login_timeout() {
+    stalled_logins_time_out_while_others_work("md5");
+}
+
+#[test]
+fn stalled_scram_logins_hit_client_login_timeout() {
+    stalled_logins_time_out_while_others_work("scram-sha-256");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
