@@ -415,6 +415,9 @@ impl Supervisor {
             Err(e) => {
                 warn!("s{id}: could not hand to worker: {e}");
                 self.cancel_keys.remove(&cancel);
+                // A moved session still has its entry naming the worker it left, which will never report it closed:
+                // without this it would count against max_client_conn until that worker exits.
+                self.sessions.remove(&id);
             }
         }
     }
