@@ -387,6 +387,18 @@ impl Listener {
             let mut msg = Vec::new();
             backend::error_response(&mut msg, "FATAL", "53300", "no more connections allowed (max_client_conn)");
             let _ = sock.write(&msg);
+            // The client has usually sent its startup packet already. Closing over unread input makes the kernel
+            // answer with a reset instead of a FIN, and a client kernel may then drop the error unread (Windows
+            // does): end our side after the error, and consume what has arrived, before the socket is closed. No
+            // lingering here, unlike a failed login, so a flood cannot pile up refused sockets.
+            sock.shutdown_write();
+            let mut sink = Vec::new();
+            while sink.len() < MAX_DISCARD {
+                match sock.read_into(&mut sink, READ_CHUNK) {
+                    Ok(ReadOutcome::Data { drained: false, .. }) => {}
+                    _ => break,
+                }
+            }
         }
     }
 
