@@ -40,6 +40,7 @@ pub fn record(rng: &mut Rng) -> SessionRecord {
         sql_prepared: (0..rng.len(4)).map(|_| (rng.text(8), rng.text(16), rng.text(40))).collect(),
         listens: (0..rng.len(4)).map(|_| rng.text(10)).collect(),
         moved_at_ns: rng.next_u64(),
+        scram_client_key: if rng.one_in(2) { rng.bytes(32) } else { Vec::new() },
     }
 }
 
@@ -92,7 +93,7 @@ pub fn check_record(b: &[u8]) {
 }
 
 fn msg(rng: &mut Rng) -> Msg {
-    match rng.below(9) {
+    match rng.below(11) {
         0 => Msg::Login { record: record(rng) },
         1 => Msg::CancelRequest { pid: rng.next_u64() as u32, key: rng.next_u64() as u32 },
         2 => Msg::Assign { record: record(rng) },
@@ -101,6 +102,8 @@ fn msg(rng: &mut Rng) -> Msg {
         5 => Msg::SessionClosed { session_id: rng.next_u64() },
         6 => Msg::WorkerStatus { upstream_up: rng.one_in(2), sessions: rng.next_u64() as u32 },
         7 => Msg::Migrate { record: record(rng) },
+        8 => Msg::Drain,
+        9 => Msg::SessionState { record: record(rng) },
         _ => Msg::Draining,
     }
 }
