@@ -1,12 +1,13 @@
 //! Fixtures for pgmux's integration tests (`tests/tests/*.rs`): a throwaway
 //! PostgreSQL 15 per test binary ([`Postgres::shared`]), the real pgmux binary
 //! in front of it ([`Pgmux::start`] with a [`PgmuxConfig`]), and raw-socket
-//! helpers for input no driver would send ([`util`]).
+//! helpers for input no driver would send ([`util`]), and the checks the robustness tests share ([`checks`]).
 //!
 //! Failures are loud: missing PostgreSQL binaries or a missing pgmux binary
 //! panic with what to install or build; a failing test prints the ends of the
 //! pgmux and PostgreSQL logs.
 
+pub mod checks;
 pub mod pgmux;
 pub mod postgres;
 pub mod util;

@@ -110,6 +110,8 @@ struct LoginInfo {
     database: String,
     user: String,
     params: Vec<(String, String)>,
+    /// From a SCRAM login: passed on so the worker can log in upstream with it.
+    scram_client_key: Option<[u8; 32]>,
 }
 
 enum Phase {
@@ -406,6 +408,18 @@ impl Listener {
             let mut msg = Vec::new();
             backend::error_response(&mut msg, "FATAL", "53300", "no more connections allowed (max_client_conn)");
             let _ = sock.write(&msg);
+            // The client has usually sent its startup packet already. Closing over unread input makes the kernel
+            // answer with a reset instead of a FIN, and a client kernel may then drop the error unread (Windows
+            // does): end our side after the error, and consume what has arrived, before the socket is closed. No
+            // lingering here, unlike a failed login, so a flood cannot pile up refused sockets.
+            sock.shutdown_write();
+            let mut sink = Vec::new();
+            while sink.len() < MAX_DISCARD {
+                match sock.read_into(&mut sink, READ_CHUNK) {
+                    Ok(ReadOutcome::Data { drained: false, .. }) => {}
+                    _ => break,
+                }
+            }
         }
     }
 
@@ -465,6 +479,7 @@ impl Listener {
             startup_params: login.params,
             client_addr: c.addr,
             pending_input: std::mem::take(&mut c.inbuf),
+            scram_client_key: login.scram_client_key.map(|k| k.to_vec()).unwrap_or_default(),
             ..SessionRecord::default()
         };
         self.send(&Msg::Login { record }, vec![c.sock.into_fd()], "login");
@@ -755,7 +770,7 @@ impl Client {
         };
         let (user, database) = (user.to_owned(), database.to_owned());
         let params = s.params.into_iter().filter(|(n, _)| n != "user" && n != "database").collect();
-        self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params });
+        self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params, scram_client_key: None });
         info!("{} login attempt: db={database} user={user} tls=no", self.who());
         let console = crate::admin::is_console_database(&database);
         if console && self.addr == "unix" && crate::admin::is_own_user_over_unix(&self.sock, &user) {
@@ -780,6 +795,9 @@ impl Client {
             AuthStep::Send(bytes) => self.out.extend_from_slice(&bytes),
             AuthStep::Done(bytes) => {
                 self.out.extend_from_slice(&bytes);
+                if let (Phase::Authenticating(a), Some(login)) = (&self.phase, self.login.as_mut()) {
+                    login.scram_client_key = a.scram_client_key();
+                }
                 self.phase = Phase::HandingOff;
             }
             AuthStep::Fail { code, message } => {

@@ -507,6 +507,9 @@ impl Supervisor {
                 if let Some(p) = self.pools.get_mut(pool) {
                     p.workers.retain(|&w| w != slot);
                 }
+                // A moved session still has its entry naming the worker it left: drop it, so it neither counts
+                // against max_client_conn nor gets re-homed twice if that worker dies.
+                self.sessions.remove(&id);
                 match copy {
                     Some(fd) => self.place(pool, kept, fd),
                     None => {

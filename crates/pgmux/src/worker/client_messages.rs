@@ -222,7 +222,7 @@ impl Worker {
         };
         let mut out = String::with_capacity(text.len() + 32);
         out.push_str(text.get(..span.start)?);
-        out.push_str(&uname);
+        out.push_str(&sql::ident_replacement(text, span.clone(), &uname));
         out.push_str(text.get(span.end..)?);
         Some(out)
     }
@@ -709,7 +709,7 @@ fn rewrite(
             }
             if r.start >= pos {
                 out.push_str(text.get(pos..r.start).unwrap_or_default());
-                out.push_str(replacement);
+                out.push_str(&sql::ident_replacement(text, r.clone(), replacement));
                 pos = r.end;
             }
             edit_iter.next();
@@ -750,6 +750,24 @@ mod tests {
         assert_eq!(out, "PREPARE pgmuxq_1_1 AS SELECT 1; PREPARE x AS SELECT 2;\nEXECUTE pgmuxq_1_1; SELECT 'foo'");
         assert_eq!(hidden, vec![1]);
         assert_eq!(mapping, vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn rewrite_keeps_a_renamed_name_apart_from_its_neighbours() {
+        // Valid SQL with no whitespace around a quoted name; a bare replacement would merge into `EXECUTEpgmuxq_1`.
+        let text = "PREPARE\"a\"AS SELECT 1;EXECUTE\"a\"";
+        let stmts = sql::statements(text);
+        let edits: Vec<(Range<usize>, String)> = stmts
+            .iter()
+            .filter_map(|s| match &s.kind {
+                SqlKind::Prepare { name, .. } | SqlKind::Execute { name } => {
+                    Some((name.span.clone(), "pgmuxq_1".into()))
+                }
+                _ => None,
+            })
+            .collect();
+        let (out, _) = rewrite(text, &stmts, &edits, &[], &mut Vec::new());
+        assert_eq!(out, "PREPARE pgmuxq_1 AS SELECT 1;EXECUTE pgmuxq_1");
     }
 
     #[test]

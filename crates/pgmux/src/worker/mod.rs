@@ -205,6 +205,10 @@ impl Worker {
             (Some(p), _) => Credential::Plain(p.clone()),
             (None, Some(Secret::Plain(p))) => Credential::Plain(p.clone()),
             (None, Some(Secret::Md5(h))) => Credential::Md5(h.clone()),
+            (None, Some(Secret::Scram(text))) => match pgmux_proto::auth::ScramSecret::parse(text) {
+                Some(secret) => Credential::Scram { secret, client_key: None },
+                None => Credential::None,
+            },
             _ => Credential::None,
         };
         let dbname = config.upstream_dbname(db, &ctx.database).to_string();
@@ -395,6 +399,12 @@ impl Worker {
             }
         };
         conn.set_nodelay();
+        // A SCRAM secret alone cannot log in upstream; a client's ClientKey (from its own SCRAM login) can.
+        if let Credential::Scram { client_key: client_key @ None, .. } = &mut self.credential {
+            if let Ok(key) = <[u8; 32]>::try_from(record.scram_client_key.as_slice()) {
+                *client_key = Some(key);
+            }
+        }
         if let Err(msg) = self.ensure_upstream() {
             let mut out = Vec::new();
             be::error_response(&mut out, "FATAL", "08006", &msg);
