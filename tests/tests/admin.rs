@@ -848,3 +848,25 @@ fn shutdown_wait_for_servers_and_immediate() {
     wait_until(Duration::from_secs(10), "pgmux exits", || exited(pgmux.pid()));
     pgmux.stop();
 }
+
+/// SIGUSR1 pauses every pool and SIGUSR2 resumes, as PgBouncer: queries wait while paused and run after.
+#[test]
+fn sigusr1_pauses_and_sigusr2_resumes() {
+    let pgmux = Pgmux::start(config());
+    let mut admin = console(&pgmux, "admin");
+    let mut c = pgmux.client("appdb", "alice");
+    c.batch_execute("SELECT 1").unwrap();
+    pgmux.kill(pgmux.pid(), libc::SIGUSR1);
+    wait_until(Duration::from_secs(5), "SHOW STATE to say paused", || {
+        find(&rows(&mut admin, "SHOW STATE"), "key", "paused")["value"] == "yes"
+    });
+    with_deadline(&pgmux, Duration::from_secs(30), || {
+        let query = spawn(move || c.simple_query("SELECT 1").map(|_| c).map_err(|e| db_error(&e)));
+        assert!(still_blocked(&query, Duration::from_millis(500)), "a query ran while paused by SIGUSR1");
+        pgmux.kill(pgmux.pid(), libc::SIGUSR2);
+        let mut c = query.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        c.batch_execute("SELECT 1").unwrap();
+    });
+    assert_eq!(find(&rows(&mut admin, "SHOW STATE"), "key", "active")["value"], "yes");
+    assert!(pgmux.log().contains("SIGUSR1: pausing all pools") && pgmux.log().contains("SIGUSR2: resumed"));
+}

@@ -740,6 +740,8 @@ impl Supervisor {
                             }
                             crate::sd_notify::notify("READY=1");
                         }
+                        Ok(Signal::SIGUSR1) => self.signal_pause(),
+                        Ok(Signal::SIGUSR2) => self.signal_resume(),
                         Ok(s) => info!("ignoring {s}"),
                         Err(_) => {}
                     }

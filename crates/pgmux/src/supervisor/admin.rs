@@ -577,6 +577,25 @@ impl Supervisor {
         }
     }
 
+    /// SIGUSR1, as PgBouncer: PAUSE everything (no console to answer; the log says when it is done).
+    pub(super) fn signal_pause(&mut self) {
+        if self.admin.pause.is_some() {
+            info!("SIGUSR1: already paused");
+            return;
+        }
+        info!("SIGUSR1: pausing all pools");
+        self.admin.pause = Some(PauseKind::Pause);
+        self.apply_pause();
+    }
+
+    /// SIGUSR2, as PgBouncer: RESUME after PAUSE or SUSPEND.
+    pub(super) fn signal_resume(&mut self) {
+        match self.cmd_resume(None) {
+            Ok(_) => info!("SIGUSR2: resumed"),
+            Err(e) => info!("SIGUSR2: {e}"),
+        }
+    }
+
     fn wait_for(&mut self, reply_to: (usize, u64), tag: WaitFor) {
         let since_seq = self.admin.next_seq;
         self.admin.waiters.push(Waiter { reply_to, tag, since_seq });
