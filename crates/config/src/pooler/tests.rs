@@ -382,3 +382,20 @@ fn admin_and_stats_users() {
     assert_err(&pooler_err("stats_users = 3"), "pooler.stats_users", "wrong type");
     assert_err(&pooler_err("stats_period = 0"), "pooler.stats_period", "invalid value");
 }
+
+#[test]
+fn metrics_listen_is_host_and_port() {
+    let get = |v: &str| {
+        let text = format!("[pooler]\nmetrics_listen = {v:?}\n[databases.x]\nhost = \"h\"\n");
+        parse(&text).map(|c| c.pooler.metrics_listen)
+    };
+    assert_eq!(parse("[databases.x]\nhost = \"h\"\n").unwrap().pooler.metrics_listen, None);
+    assert_eq!(get("").unwrap(), None);
+    assert_eq!(get("127.0.0.1:9127").unwrap().as_deref(), Some("127.0.0.1:9127"));
+    assert_eq!(get("[::1]:9127").unwrap().as_deref(), Some("[::1]:9127"));
+    assert_eq!(get("localhost:9127").unwrap().as_deref(), Some("localhost:9127"));
+    for bad in ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":9127", "::1:9127", "[::1]", "[nope]:9127", "a b:1"] {
+        let e = get(bad).expect_err(bad);
+        assert_err(&e, "pooler.metrics_listen", "invalid value");
+    }
+}
