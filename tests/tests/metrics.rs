@@ -258,7 +258,7 @@ impl Exposition {
 
 const ALICE: &[(&str, &str)] = &[("database", "appdb"), ("user", "alice")];
 
-fn with_le<'a>(le: &'a str) -> Vec<(&'a str, &'a str)> {
+fn with_le(le: &str) -> Vec<(&str, &str)> {
     let mut v = ALICE.to_vec();
     v.push(("le", le));
     v

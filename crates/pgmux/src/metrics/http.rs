@@ -306,6 +306,33 @@ mod tests {
     }
 
     #[test]
+    fn mutated_requests_never_panic() {
+        let valid = b"GET /metrics?a=b HTTP/1.1\r\nHost: localhost:9127\r\nAccept: */*\r\n\r\n".to_vec();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut b = valid.clone();
+            for _ in 0..(next() % 4) {
+                let at = (next() as usize) % b.len();
+                b[at] = next() as u8;
+            }
+            let cut = (next() as usize) % (b.len() + 1);
+            if let Parse::Request(r) = parse(&b[..cut]) {
+                let _ = route(&r);
+            }
+        }
+        for len in [0, 1, 100, MAX_HEAD_LEN - 1, MAX_HEAD_LEN, MAX_HEAD_LEN + 1] {
+            let random: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let _ = parse(&random);
+        }
+    }
+
+    #[test]
     fn responses() {
         let ok = response(Status::Ok, "text/plain; version=0.0.4", b"a 1\n", false);
         assert_eq!(

@@ -328,8 +328,13 @@ impl HttpConn {
                     if !self.readable {
                         return Verdict::Keep;
                     }
+                    // `parse` refuses a full buffer without a head, so there is room; never read past the cap.
                     let room = http::MAX_HEAD_LEN.saturating_sub(buf.len());
-                    match self.conn.read_into(buf, room.max(1)) {
+                    if room == 0 {
+                        self.respond(http::error_response(Status::HeaderTooLarge, "request head too large"));
+                        continue;
+                    }
+                    match self.conn.read_into(buf, room) {
                         Ok(ReadOutcome::Data { .. }) => {}
                         Ok(ReadOutcome::WouldBlock) => self.readable = false,
                         Ok(ReadOutcome::Eof) | Err(_) => return Verdict::Close,
