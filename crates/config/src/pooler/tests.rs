@@ -234,17 +234,19 @@ fn enum_display_is_file_spelling() {
 #[test]
 fn unknown_pooler_key() {
     let e = pooler_err("auth_typ = \"md5\"");
-    assert_err(&e, "pooler.auth_typ", "unknown key (expected one of: listen_addr, listen_port,");
-    assert!(e.to_string().starts_with(
-        "/etc/pgmux/pooler.toml: pooler.auth_typ: unknown key (expected one of: listen_addr, listen_port, "
-    ));
+    assert_eq!(
+        e.to_string(),
+        "/etc/pgmux/pooler.toml: pooler.auth_typ: unknown key (not a PgBouncer 1.25 setting nor one of pgmux's \
+         own); did you mean auth_type?"
+    );
+    assert_err(&pooler_err("bogus = 1"), "pooler.bogus", "unknown key (not a PgBouncer");
 }
 
 #[test]
 fn unknown_database_key_and_table() {
     assert_err(&db_err("hots = \"h\""), "databases.x.hots", "unknown key (expected one of: host, port,");
     let e = parse("[databases.x]\n[pgbouncer]\nlisten_port = 1\n").unwrap_err();
-    assert_err(&e, "pgbouncer", "unknown table (expected pooler or databases)");
+    assert_err(&e, "pgbouncer", "unknown table (expected pooler, databases or users)");
     let e = parse("listen_port = 1\n[databases.x]\n").unwrap_err();
     assert_err(&e, "listen_port", "unknown table");
     let e = parse("[databases.\"*\"]\nfoo = 1\n").unwrap_err();
