@@ -57,7 +57,7 @@ use Kind::{Bool, Int, OneOf, Seconds, Text};
 const TLS: &str = "pgmux does not speak TLS (it answers SSLRequest with N and connects to PostgreSQL without TLS)";
 const DNS: &str = "host names are resolved by the system resolver at each server connect";
 const SOCKET: &str = "pgmux leaves this socket option at the operating system's default";
-const LOGGING: &str = "pgmux logs every connection, disconnection and error it reports; use -v or -q";
+const LOGGING: &str = "pgmux logs logins and disconnections with -v, errors always";
 const SYSLOG: &str = "pgmux logs to stderr or to logfile, not to syslog";
 const WINDOWS: &str = "Windows service names";
 const SSLMODES: &[&str] = &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];

@@ -404,11 +404,25 @@ fn build(path: &Path, format: Format, s: &Sections<'_>, mut warnings: Vec<Warnin
     }
     databases.sort_by(|a, b| a.name.cmp(&b.name));
     if databases.is_empty() {
-        let example = match format {
-            Format::Toml => "a [databases.NAME] or [databases.\"*\"] table",
-            Format::Ini => "NAME = host=... or * = host=... under [databases]",
-        };
-        return Err(ConfigError::at_key(path, "databases", format!("no database configured (add {example})")));
+        // PgBouncer starts without databases (its sample pgbouncer.ini has none, and only the admin console
+        // answers); pooler.toml has always asked for one.
+        match format {
+            Format::Toml => {
+                return Err(ConfigError::at_key(
+                    path,
+                    "databases",
+                    "no database configured (add a [databases.NAME] or [databases.\"*\"] table)",
+                ))
+            }
+            Format::Ini => warnings.push(Warning {
+                file: path.to_path_buf(),
+                line: None,
+                key: Some("databases".into()),
+                message: "no database configured: every client will be refused (add NAME = host=... or \
+                          * = host=... under [databases])"
+                    .into(),
+            }),
+        }
     }
     let mut users = Vec::with_capacity(s.users.len());
     for (name, section) in &s.users {
