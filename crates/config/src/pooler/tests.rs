@@ -369,3 +369,43 @@ fn line_col_handles_edges() {
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
     assert_eq!(line_col("é\n", 1), (1, 1));
 }
+
+#[test]
+fn pgbouncer_keys_work_in_toml_too() {
+    let c = parse(
+        "[pooler]\ntcp_keepalive = true\nso_reuseport = 0\nmin_pool_size = 3\nadmin_users = [\"a\", \"b\"]\n\
+         user = \"postgres\"\nverbose = 1\n\
+         [databases.x]\nconnect_query = \"SELECT 1\"\nreserve_pool = 2\n[users.alice]\npool_mode = \"statement\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.format, Format::Toml);
+    assert_eq!((c.pooler.min_pool_size, c.pooler.user.as_deref(), c.pooler.verbose), (3, Some("postgres"), 1));
+    assert_eq!(c.pooler.admin_users, ["a", "b"]);
+    assert_eq!(c.databases[0].reserve_pool_size, 2);
+    assert_eq!(c.user("alice").and_then(|u| u.pool_mode), Some(PoolMode::Statement));
+    let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "/etc/pgmux/pooler.toml: pooler.admin_users: has no effect in pgmux yet (accepted, not acted on)",
+            "/etc/pgmux/pooler.toml: pooler.min_pool_size: has no effect in pgmux yet (accepted, not acted on)",
+            "/etc/pgmux/pooler.toml: pooler.tcp_keepalive: has no effect in pgmux: pgmux leaves this socket option \
+             at the operating system's default",
+            "/etc/pgmux/pooler.toml: databases.x.connect_query: has no effect in pgmux yet (accepted, not acted on)",
+            "/etc/pgmux/pooler.toml: databases.x.reserve_pool: has no effect in pgmux yet (accepted, not acted on)",
+            "/etc/pgmux/pooler.toml: users.alice.pool_mode: has no effect in pgmux yet (accepted, not acted on)",
+        ]
+    );
+    assert_err(&pooler_err("so_reuseport = \"yes\""), "pooler.so_reuseport", "expected a boolean, found string");
+    assert_err(&pooler_err("tcp_keepcnt = 1.5"), "pooler.tcp_keepcnt", "expected an integer, found float");
+    let e = parse("[databases.pgbouncer]\n").unwrap_err();
+    assert_err(&e, "databases.pgbouncer", "reserved for the admin console");
+}
+
+#[test]
+fn relative_socket_dir_resolves_against_config_dir() {
+    let c =
+        Config::parse("[pooler]\nunix_socket_dir = \"run\"\n[databases.x]\n", Path::new("/srv/pooler.toml")).unwrap();
+    assert_eq!(c.pooler.unix_socket_dir, Some(PathBuf::from("/srv/run")));
+    assert_eq!(c.databases[0].host, "/srv/run");
+}
