@@ -405,7 +405,6 @@ fn pgbouncer_keys_work_in_toml_too() {
             "/etc/pgmux/pooler.toml: pooler.min_pool_size: has no effect in pgmux yet (accepted, not acted on)",
             "/etc/pgmux/pooler.toml: pooler.tcp_keepalive: has no effect in pgmux: pgmux leaves this socket option \
              at the operating system's default",
-            "/etc/pgmux/pooler.toml: databases.x.connect_query: has no effect in pgmux yet (accepted, not acted on)",
             "/etc/pgmux/pooler.toml: databases.x.reserve_pool: has no effect in pgmux yet (accepted, not acted on)",
             "/etc/pgmux/pooler.toml: users.alice.pool_mode: has no effect in pgmux yet (accepted, not acted on)",
         ]
