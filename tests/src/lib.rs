@@ -1,12 +1,14 @@
 //! Fixtures for pgmux's integration tests (`tests/tests/*.rs`): a throwaway
 //! PostgreSQL 15 per test binary ([`Postgres::shared`]), the real pgmux binary
-//! in front of it ([`Pgmux::start`] with a [`PgmuxConfig`]), and raw-socket
-//! helpers for input no driver would send ([`util`]).
+//! in front of it ([`Pgmux::start`] with a [`PgmuxConfig`]), raw-socket
+//! helpers for input no driver would send ([`util`]), and the chaos load with
+//! its durability ledger ([`load`], also driven by `scripts/chaos`).
 //!
 //! Failures are loud: missing PostgreSQL binaries or a missing pgmux binary
 //! panic with what to install or build; a failing test prints the ends of the
 //! pgmux and PostgreSQL logs.
 
+pub mod load;
 pub mod pgmux;
 pub mod postgres;
 pub mod util;
