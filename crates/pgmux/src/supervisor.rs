@@ -404,7 +404,27 @@ impl Supervisor {
     fn assign(&mut self, slot: usize, record: SessionRecord, fd: OwnedFd) {
         let id = record.session_id;
         let cancel = (record.cancel_pid, record.cancel_key);
-        match self.send(slot, Msg::Assign { record }, vec![fd]) {
+        let msg = Msg::Assign { record };
+        // Straight onto the channel when nothing is queued, keeping the socket meanwhile: a worker that died but is
+        // not reaped yet refuses it (peer closed), and the session then goes to another worker instead of being
+        // dropped with a worker it never reached.
+        let direct = match self.children.get(slot).and_then(|c| c.as_ref()) {
+            Some(c) if c.outbox.is_empty() => Some(c.channel.send(&msg, &[fd.as_fd()])),
+            _ => None,
+        };
+        let sent = match direct {
+            // Our copy of the socket closes here, as the outbox's would once sent.
+            Some(Ok(())) => Ok(()),
+            Some(Err(IpcError::Closed)) => {
+                if let Msg::Assign { record } = msg {
+                    self.assign_elsewhere(slot, record, fd);
+                }
+                return;
+            }
+            Some(Err(IpcError::WouldBlock)) | None => self.send(slot, msg, vec![fd]),
+            Some(Err(e)) => Err(e),
+        };
+        match sent {
             Ok(()) => {
                 if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
                     c.sessions += 1;
@@ -417,6 +437,19 @@ impl Supervisor {
                 self.cancel_keys.remove(&cancel);
             }
         }
+    }
+
+    /// `slot`'s worker is gone (its channel is closed; SIGCHLD has not been handled yet): it takes no more sessions,
+    /// and this one is placed on another worker of its pool.
+    fn assign_elsewhere(&mut self, slot: usize, record: SessionRecord, fd: OwnedFd) {
+        let Some(Role::Worker { pool, .. }) = self.children.get(slot).and_then(|c| c.as_ref()).map(|c| c.role) else {
+            return;
+        };
+        warn!("s{}: its worker is gone before taking it; placing it on another", record.session_id);
+        if let Some(p) = self.pools.get_mut(pool) {
+            p.workers.retain(|&w| w != slot);
+        }
+        self.place(pool, record, fd);
     }
 
     /// A worker hands back a session that waits behind its busy upstream: give it to another worker of the same
