@@ -468,6 +468,28 @@ fn terminated_upstream_fails_only_the_session_on_it() {
         pg.psql_admin("postgres", &format!("SELECT pg_terminate_backend({pc3})"));
         let after = c.batch_execute("INSERT INTO t VALUES (2)").and_then(|_| c.batch_execute("COMMIT"));
         assert!(after.is_err(), "C's transaction went on after its backend was terminated");
+
+        // The same seen byte by byte: the client idle inside its transaction gets PostgreSQL's own FATAL, as a
+        // direct client would, not only a pgmux message about an unexpected reply.
+        let mut raw = raw_connect(pgmux.port());
+        raw_send(&mut raw, &startup_packet("alice", &db));
+        read_until_ready(&mut raw).expect("raw login");
+        assert_eq!(raw_query(&mut raw, "BEGIN; INSERT INTO t VALUES (3); SELECT pg_backend_pid()"), b'T');
+        let victim = backends(pg, &db)
+            .into_iter()
+            .find(|(_, state, _)| state == "idle in transaction")
+            .map(|(pid, _, _)| pid)
+            .expect("the raw client's backend idle in transaction");
+        pg.psql_admin("postgres", &format!("SELECT pg_terminate_backend({victim})"));
+        let (tag, body) = read_backend_message(&mut raw).expect("closed without an error");
+        assert_eq!(tag, b'E');
+        assert_eq!(
+            error_field(&body, b'C').as_deref(),
+            Some("57P01"),
+            "a client whose backend was terminated got: {}",
+            error_message(&body)
+        );
+
         let n: i64 = pgmux.client(&db, "alice").query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
         assert_eq!(n, 0, "rows of a terminated transaction are visible");
     });
