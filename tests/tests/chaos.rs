@@ -129,14 +129,7 @@ fn raw_login_md5(port: u16, user: &str, password: &str, db: &str) -> TcpStream {
 }
 
 fn md5_response(user: &str, password: &str, salt: [u8; 4]) -> String {
-    // md5(md5(password || user) || salt), the way libpq does it; computed by PostgreSQL to avoid a digest crate.
-    let inner = pg().psql_admin("postgres", &format!("SELECT md5('{password}{user}')")).trim().to_string();
-    let salt_hex: String = salt.iter().map(|b| format!("{b:02x}")).collect();
-    let outer = pg()
-        .psql_admin("postgres", &format!("SELECT md5(convert_to('{inner}', 'UTF8') || '\\x{salt_hex}'::bytea)"))
-        .trim()
-        .to_string();
-    format!("md5{outer}")
+    postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt)
 }
 
 /// Sends a simple query and reads to ReadyForQuery; panics on an error. Returns the transaction status.
@@ -376,7 +369,7 @@ fn crash_loops_respawn_with_growing_backoff() {
             }
         })
     };
-    let born = kill_on_sight(&pgmux, "pgmux-worker", Duration::from_millis(4500));
+    let born = kill_on_sight(&pgmux, "pgmux-worker", Duration::from_millis(6000));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = demand.join();
     // The first kill ends a healthy worker: its replacement comes at once; the crash loop starts with it.
@@ -385,7 +378,7 @@ fn crash_loops_respawn_with_growing_backoff() {
     assert!(alive(pgmux.pid()));
 
     // Listeners are respawned without demand; each index backs off on its own, so follow each index's line.
-    let born = kill_on_sight(&pgmux, "pgmux-listener", Duration::from_millis(4500));
+    let born = kill_on_sight(&pgmux, "pgmux-listener", Duration::from_millis(6000));
     let log = pgmux.log();
     for index in 1..=2 {
         let tag = format!("started listener-{index} (pid ");
