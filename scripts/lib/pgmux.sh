@@ -44,19 +44,19 @@ TOML
     log "pgmux (pid $PGMUX_PID) on 127.0.0.1:$port -> $host:$sport, pool_size $size, $mode mode"
 }
 
-# pgmux_stop PID: SIGTERM, up to 10 s, then SIGKILL; then SIGKILL for any
+# pgmux_stop PID: SIGINT (safe shutdown), up to 10 s, then SIGKILL; then SIGKILL for any
 # worker or listener the supervisor left behind.
 pgmux_stop() {
     local pid=$1 kids _
     kill -0 "$pid" 2>/dev/null || return 0
     kids=$(proc_descendants "$pid")
-    kill -TERM "$pid" 2>/dev/null || true
+    kill -INT "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
     if kill -0 "$pid" 2>/dev/null; then
-        log "pgmux $pid ignored SIGTERM for 10 s; killing it"
+        log "pgmux $pid ignored SIGINT for 10 s; killing it"
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true

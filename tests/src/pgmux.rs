@@ -17,7 +17,7 @@ use crate::util::{tail_file, temp_dir};
 
 /// How long pgmux may take to accept its first TCP connection.
 const START_DEADLINE: Duration = Duration::from_secs(15);
-/// How long pgmux may take to exit after SIGTERM in [`Pgmux::stop`].
+/// How long pgmux may take to exit after SIGINT in [`Pgmux::stop`].
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The userlist every config starts with; the same passwords as the roles
@@ -174,6 +174,11 @@ impl Pgmux {
     /// waits until it accepts TCP connections. Panics with the pgmux log if it
     /// exits or does not listen within 15 s.
     pub fn start(config: PgmuxConfig) -> Pgmux {
+        Pgmux::start_with_env(config, &[])
+    }
+
+    /// [`Pgmux::start`] with extra environment variables for the pgmux process.
+    pub fn start_with_env(config: PgmuxConfig, env: &[(&str, &str)]) -> Pgmux {
         // Start PostgreSQL first, so a failure there is not blamed on pgmux.
         Postgres::shared();
         let dir = temp_dir("pgmux-test");
@@ -201,7 +206,7 @@ impl Pgmux {
         let log_path = dir.join("pgmux.log");
         let log = File::create(&log_path).expect("create pgmux.log");
         let mut cmd = Command::new(binary());
-        cmd.arg("-v")
+        cmd.arg(std::env::var("PGMUX_TEST_VERBOSITY").unwrap_or_else(|_| "-v".into()))
             .arg(&config_path)
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -209,6 +214,9 @@ impl Pgmux {
             .stderr(log)
             // Own group: Drop can take down workers a dying supervisor left.
             .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
         let mut pgmux = Pgmux { pid: child.id(), child: Some(child), port, dir, config };
         pgmux.wait_listening();
@@ -345,16 +353,41 @@ impl Pgmux {
         }
     }
 
-    /// SIGTERM, then waits up to 10 s for the supervisor to exit. Panics (after
-    /// SIGKILL) if it does not, or if it leaves processes of its group behind.
+    /// Writes `config` over the running one (the listen keys [`Pgmux::start`]
+    /// filled in are kept) and sends SIGHUP.
+    pub fn reload(&mut self, config: PgmuxConfig) {
+        let mut config = config;
+        for key in ["listen_addr", "listen_port", "unix_socket_dir", "auth_file"] {
+            if !config.pooler.iter().any(|(k, _)| k == key) {
+                if let Some(entry) = self.config.pooler.iter().find(|(k, _)| k == key) {
+                    config.pooler.insert(0, entry.clone());
+                }
+            }
+        }
+        std::fs::write(self.dir.join("pooler.toml"), config.to_toml()).expect("write pooler.toml");
+        std::fs::write(self.dir.join("userlist.txt"), config.userlist()).expect("write userlist.txt");
+        self.config = config;
+        self.kill(self.pid, libc::SIGHUP);
+    }
+
+    /// Overwrites pooler.toml with `text` as is and sends SIGHUP.
+    pub fn reload_raw(&self, text: &str) {
+        std::fs::write(self.dir.join("pooler.toml"), text).expect("write pooler.toml");
+        self.kill(self.pid, libc::SIGHUP);
+    }
+
+    /// SIGINT (PgBouncer's safe shutdown: transactions in flight finish, then
+    /// sessions are closed), then waits up to 10 s for the supervisor to exit.
+    /// Panics (after SIGKILL) if it does not, or if it leaves processes of its
+    /// group behind.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("pgmux already stopped");
-        self.kill(self.pid, libc::SIGTERM);
+        self.kill(self.pid, libc::SIGINT);
         let status = wait_child(&mut child, STOP_DEADLINE);
         let Some(status) = status else {
             kill_group(self.pid, libc::SIGKILL);
             let _ = child.wait();
-            panic!("pgmux did not exit within {STOP_DEADLINE:?} of SIGTERM");
+            panic!("pgmux did not exit within {STOP_DEADLINE:?} of SIGINT");
         };
         let pgid = self.pid;
         let mut alive = true;
@@ -382,8 +415,9 @@ impl Pgmux {
 impl Drop for Pgmux {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SIGINT: clients the test still holds are closed once idle.
             // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGINT) };
             if wait_child(&mut child, Duration::from_secs(3)).is_none() {
                 kill_group(self.pid, libc::SIGKILL);
                 let _ = child.wait();

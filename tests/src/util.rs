@@ -248,6 +248,39 @@ pub fn error_field(body: &[u8], field: u8) -> Option<String> {
     None
 }
 
+/// Logs in over TCP with a startup packet (trust auth) and reads to the first ReadyForQuery; panics on refusal.
+pub fn raw_login(port: u16, user: &str, db: &str) -> TcpStream {
+    let mut s = raw_connect(port);
+    raw_send(&mut s, &startup_packet(user, db));
+    let msgs = read_until_ready(&mut s).unwrap_or_else(|| panic!("pgmux closed a raw login to {db}"));
+    if let Some((_, body)) = msgs.iter().find(|m| m.0 == b'E') {
+        panic!("raw login to {db} refused: {}", error_message(body));
+    }
+    s
+}
+
+/// Sends a simple query and reads to ReadyForQuery; returns the transaction status byte. Panics on an error.
+pub fn raw_query(s: &mut TcpStream, sql: &str) -> u8 {
+    raw_send(s, &query_message(sql));
+    let msgs = read_until_ready(s).unwrap_or_else(|| panic!("connection closed during {sql:?}"));
+    if let Some((_, body)) = msgs.iter().find(|m| m.0 == b'E') {
+        panic!("{sql:?} failed: {}", error_message(body));
+    }
+    msgs.last().and_then(|m| m.1.first().copied()).unwrap_or(0)
+}
+
+/// `(state, process group, comm)` of a process from /proc, or None when it is gone.
+pub fn proc_stat(pid: u32) -> Option<(char, u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, tail) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let mut f = tail.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let _ppid = f.next()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, pgrp, comm))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

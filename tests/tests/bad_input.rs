@@ -7,17 +7,19 @@
 
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgmux_tests::checks::{
+    assert_error, assert_intact, expect_error_then_eof, family, on_client, proc_state, raw_select_1, read_byte, within,
+    QUERY_LIMIT,
+};
 use pgmux_tests::util::{
     cancel_request, error_field, query_message, raw_send, raw_shutdown_write, read_until_ready, ssl_request,
-    startup_packet_with, terminate_message, wait_closed, with_length,
+    startup_packet_with, terminate_message, with_length,
 };
-use pgmux_tests::{
-    error_message, raw_connect, read_backend_message, startup_packet, wait_until, Pgmux, PgmuxConfig, Postgres,
-};
+use pgmux_tests::{error_message, raw_connect, startup_packet, wait_until, Pgmux, PgmuxConfig, Postgres};
 
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
@@ -34,121 +36,6 @@ fn case(failures: &mut Vec<String>, name: &str, f: impl FnOnce()) {
 
 fn finish(failures: Vec<String>) {
     assert!(failures.is_empty(), "failed cases: {failures:#?}");
-}
-
-/// Runs `f` on a helper thread and waits at most `limit` for it: the postgres crate has no read timeout, and a
-/// hung pooler must fail the test, not hang it. (On a timeout the thread is left blocked; it ends when pgmux is
-/// killed at the end of the test.)
-fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => resume_unwind(panic),
-        Err(_) => panic!("{what}: no answer within {limit:?} (pgmux hung?)"),
-    }
-}
-
-const QUERY_LIMIT: Duration = Duration::from_secs(15);
-
-/// A normal login through pgmux and `SELECT 1`, bounded in time.
-fn login_select_1(p: &Pgmux, db: &str, user: &str) {
-    let password = p.config().password_of(user).unwrap_or("").to_string();
-    let conn = p.conn_str(db, user, &password);
-    let who = format!("login as {user}@{db} + SELECT 1");
-    within(QUERY_LIMIT, &who.clone(), move || {
-        let mut c = postgres::Client::connect(&conn, postgres::NoTls).unwrap_or_else(|e| panic!("{who}: {e:?}"));
-        let one: i32 = c.query_one("SELECT 1", &[]).expect("SELECT 1").get(0);
-        assert_eq!(one, 1);
-    });
-}
-
-/// Runs `sql` (one row expected) on a shared long-lived client, bounded in time.
-fn on_client<T: Send + 'static>(
-    c: &Arc<Mutex<postgres::Client>>,
-    what: &str,
-    f: impl FnOnce(&mut postgres::Client) -> T + Send + 'static,
-) -> T {
-    let c = Arc::clone(c);
-    within(QUERY_LIMIT, what, move || {
-        let mut guard = c.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
-    })
-}
-
-/// The pgmux children at one point in time.
-#[derive(Debug, Clone)]
-struct Family {
-    listeners: Vec<u32>,
-    workers: Vec<u32>,
-}
-
-fn family(p: &Pgmux) -> Family {
-    Family { listeners: p.children("pgmux-listener"), workers: p.children("pgmux-worker") }
-}
-
-/// State letter of /proc/<pid>/stat, None if the process is gone.
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, tail) = stat.rsplit_once(')')?;
-    tail.split_whitespace().next()?.chars().next()
-}
-
-/// Supervisor alive, the same listeners, every worker of `before` still there (`exact`: and no other), and a
-/// normal login as `user@db` runs `SELECT 1`.
-fn assert_intact(p: &Pgmux, before: &Family, db: &str, user: &str, exact_workers: bool) {
-    match proc_state(p.pid()) {
-        Some('Z') | Some('X') | None => panic!("supervisor {} is gone", p.pid()),
-        _ => {}
-    }
-    let now = family(p);
-    assert_eq!(now.listeners, before.listeners, "listener processes changed (one died and was respawned?)");
-    for w in &before.workers {
-        assert!(
-            now.workers.contains(w),
-            "worker {w} is gone (workers before {:?}, now {:?})",
-            before.workers,
-            now.workers
-        );
-    }
-    if exact_workers {
-        assert_eq!(now.workers, before.workers, "worker set changed");
-    }
-    login_select_1(p, db, user);
-}
-
-/// Reads up to the first ErrorResponse (skipping NegotiateProtocolVersion/notices), then requires EOF. Returns
-/// (SQLSTATE, message).
-fn expect_error_then_eof(s: &mut TcpStream) -> (String, String) {
-    let (code, msg) = loop {
-        match read_backend_message(s) {
-            Some((b'E', body)) => {
-                let code = error_field(&body, b'C').unwrap_or_default();
-                let msg = error_message(&body);
-                break (code, msg);
-            }
-            Some((b'v', _)) | Some((b'N', _)) | Some((b'S', _)) => continue,
-            Some((t, body)) => panic!("expected an ErrorResponse, got message {:?} ({} bytes)", t as char, body.len()),
-            None => panic!("connection closed without an ErrorResponse"),
-        }
-    };
-    assert!(!code.is_empty(), "ErrorResponse without a SQLSTATE");
-    assert!(!msg.is_empty(), "ErrorResponse without a message");
-    assert!(wait_closed(s), "connection not closed after the error");
-    (code, msg)
-}
-
-fn assert_error(s: &mut TcpStream, want_code: &str, words: &[&str]) -> String {
-    let (code, msg) = expect_error_then_eof(s);
-    eprintln!("    got {code}: {msg}");
-    assert_eq!(code, want_code, "SQLSTATE (message {msg:?})");
-    let lower = msg.to_lowercase();
-    for w in words {
-        assert!(lower.contains(&w.to_lowercase()), "error message {msg:?} does not mention {w:?}");
-    }
-    msg
 }
 
 /// Everything until EOF/reset (panics on the read timeout: the pooler neither answered nor hung up).
@@ -173,12 +60,6 @@ fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-fn read_byte(s: &mut TcpStream) -> u8 {
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).unwrap_or_else(|e| panic!("reading the one-byte SSL/GSS answer: {e}"));
-    b[0]
-}
-
 /// A raw trust login; returns the socket at ReadyForQuery and the BackendKeyData (pid, key).
 fn raw_login(port: u16, user: &str, db: &str) -> (TcpStream, (u32, u32)) {
     let mut s = raw_connect(port);
@@ -199,20 +80,6 @@ fn raw_login(port: u16, user: &str, db: &str) -> (TcpStream, (u32, u32)) {
         }
     }
     (s, key.expect("no BackendKeyData"))
-}
-
-/// Sends `SELECT 1` on a logged-in raw socket and checks the one row.
-fn raw_select_1(s: &mut TcpStream) {
-    raw_send(s, &query_message("SELECT 1"));
-    let msgs = read_until_ready(s).expect("closed while answering SELECT 1");
-    assert!(
-        msgs.iter().all(|(t, _)| *t != b'E'),
-        "SELECT 1 failed: {:?}",
-        msgs.iter().filter(|(t, _)| *t == b'E').map(|(_, b)| error_message(b)).collect::<Vec<_>>()
-    );
-    let row = msgs.iter().find(|(t, _)| *t == b'D').expect("no DataRow for SELECT 1");
-    // DataRow: int16 count, int32 len, bytes.
-    assert_eq!(&row.1[..], &[0, 1, 0, 0, 0, 1, b'1']);
 }
 
 /// Client backends PostgreSQL has for `user` (psql_admin connects as postgres, so it is not counted).
@@ -529,56 +396,6 @@ fn broken_startup_packets_are_refused_cleanly() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// client_login_timeout
-// ---------------------------------------------------------------------------------------------------------------
-
-#[test]
-fn silent_and_stalled_clients_hit_client_login_timeout() {
-    let p = Pgmux::start(PgmuxConfig::new().set("client_login_timeout", "1").set("auth_type", "\"md5\""));
-    let port = p.port();
-    let c = Arc::new(Mutex::new(p.client("appdb", "alice")));
-    on_client(&c, "SELECT 1 on the long-lived session", |c| c.query_one("SELECT 1", &[]).map(|_| ())).unwrap();
-    let before = family(&p);
-
-    let start = Instant::now();
-    // Never sends anything.
-    let mut silent = raw_connect(port);
-    // Half a startup packet.
-    let mut half = raw_connect(port);
-    let pkt = startup_packet("alice", "appdb");
-    raw_send(&mut half, &pkt[..pkt.len() / 2]);
-    // A whole startup packet, then never answers the md5 challenge.
-    let mut mute = raw_connect(port);
-    raw_send(&mut mute, &pkt);
-    let (tag, body) = read_backend_message(&mut mute).expect("md5 challenge");
-    assert_eq!((tag, &body[..4]), (b'R', &[0u8, 0, 0, 5][..]), "expected AuthenticationMD5Password");
-
-    // Meanwhile other logins work, promptly (the stalled ones block nothing).
-    for _ in 0..3 {
-        let t = Instant::now();
-        login_select_1(&p, "appdb", "alice");
-        assert!(t.elapsed() < Duration::from_secs(3), "a login took {:?}", t.elapsed());
-    }
-
-    for (name, s) in [("silent", &mut silent), ("half startup", &mut half), ("no password", &mut mute)] {
-        let (code, msg) = expect_error_then_eof(s);
-        let elapsed = start.elapsed();
-        eprintln!("{name}: {code}: {msg} after {elapsed:?}");
-        assert_eq!(code, "08P01", "{name}");
-        assert!(msg.contains("client_login_timeout"), "{name}: {msg}");
-        assert!(
-            elapsed >= Duration::from_millis(950) && elapsed < Duration::from_secs(4),
-            "{name}: closed after {elapsed:?}, expected about 1 s"
-        );
-    }
-    assert_intact(&p, &before, "appdb", "alice", false);
-    // The long-lived session from before is unaffected.
-    on_client(&c, "SELECT 1 on the long-lived session", |c| c.query_one("SELECT 1", &[]).map(|_| ())).unwrap();
-    drop(c);
-    p.stop();
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // after login (inside a worker)
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -735,70 +552,6 @@ fn bad_messages_after_login_close_only_that_session() {
 
     finish(failures);
     drop(other);
-    p.stop();
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// max_client_conn
-// ---------------------------------------------------------------------------------------------------------------
-
-/// `SELECT 1` on every client, bounded in time.
-fn all_select_1(clients: Vec<postgres::Client>) -> Vec<postgres::Client> {
-    within(QUERY_LIMIT, "SELECT 1 on every admitted client", move || {
-        let mut clients = clients;
-        for c in clients.iter_mut() {
-            c.query_one("SELECT 1", &[]).expect("an admitted client broke");
-        }
-        clients
-    })
-}
-
-#[test]
-fn max_client_conn_refuses_the_21st_and_recovers() {
-    let p = Pgmux::start(PgmuxConfig::new().set("max_client_conn", "20"));
-    let port = p.port();
-    let mut clients: Vec<postgres::Client> = (0..20).map(|_| p.client("appdb", "alice")).collect();
-    clients = all_select_1(clients);
-    let before = family(&p);
-
-    let refused = |what: &str| {
-        let mut s = raw_connect(port);
-        raw_send(&mut s, &startup_packet("alice", "appdb"));
-        let msg = assert_error(&mut s, "53300", &["max_client_conn"]);
-        eprintln!("{what}: {msg}");
-        let err = p
-            .try_client("appdb", "alice", "alicepw")
-            .err()
-            .unwrap_or_else(|| panic!("{what}: a client over max_client_conn got in"));
-        let db = err.as_db_error().unwrap_or_else(|| panic!("{what}: not a server error: {err:?}"));
-        assert_eq!(db.code().code(), "53300");
-        assert!(db.message().contains("max_client_conn"), "{}", db.message());
-    };
-    refused("21st client");
-    clients = all_select_1(clients);
-
-    // Close 5; exactly 5 new ones get in (the supervisor learns of closes asynchronously: retry briefly).
-    clients.truncate(15);
-    for i in 0..5 {
-        let mut got = None;
-        wait_until(Duration::from_secs(5), &format!("replacement login {i}"), || {
-            match p.try_client("appdb", "alice", "alicepw") {
-                Ok(c) => {
-                    got = Some(c);
-                    true
-                }
-                Err(_) => false,
-            }
-        });
-        clients.push(got.unwrap());
-    }
-    clients = all_select_1(clients);
-    refused("21st client after replacing 5");
-    clients.clear();
-    wait_until(Duration::from_secs(5), "logins after closing all", || {
-        p.try_client("appdb", "alice", "alicepw").is_ok()
-    });
-    assert_intact(&p, &before, "appdb", "alice", false);
     p.stop();
 }
 

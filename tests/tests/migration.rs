@@ -70,6 +70,57 @@ fn sessions_do_not_wait_behind_an_idle_transaction() {
     assert!(pgmux.log().contains("moving to another worker"), "no session moved (the fixture runs pgmux with -v)");
 }
 
+/// A slow query holds one upstream for seconds; sessions queued behind it on the same worker move to the idle
+/// sibling instead of waiting (the earlier built-in pooler kept them pinned to the busy backend).
+#[test]
+fn sessions_do_not_wait_behind_a_slow_query() {
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "2"));
+    let mut slow = pgmux.client("appdb", "alice");
+    let slow_pid: i32 = slow.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    // Ten sessions, created before the slow query starts so about half share its worker.
+    let mut others: Vec<postgres::Client> = (0..10).map(|_| pgmux.client("appdb", "alice")).collect();
+    for (i, c) in others.iter_mut().enumerate() {
+        c.batch_execute(&format!("SET work_mem = '{}kB'", 3001 + i)).unwrap();
+    }
+    let started = std::time::Instant::now();
+    with_deadline(&pgmux, Duration::from_secs(60), || {
+        std::thread::scope(|scope| {
+            let slow_run = scope.spawn(move || {
+                slow.batch_execute("SELECT pg_sleep(4)").unwrap();
+                started.elapsed()
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            let handles: Vec<_> = others
+                .iter_mut()
+                .enumerate()
+                .map(|(i, c)| {
+                    scope.spawn(move || {
+                        for q in 0..20 {
+                            let row = c
+                                .query_one("SELECT $1::int, current_setting('work_mem'), pg_backend_pid()", &[&q])
+                                .unwrap();
+                            assert_eq!(row.get::<_, i32>(0), q);
+                            assert_eq!(
+                                row.get::<_, String>(1),
+                                format!("{}kB", 3001 + i),
+                                "session {i} lost its work_mem"
+                            );
+                            assert_ne!(row.get::<_, i32>(2), slow_pid, "session {i} ran on the busy backend");
+                        }
+                        started.elapsed()
+                    })
+                })
+                .collect();
+            let finished: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let slow_done = slow_run.join().unwrap();
+            let last = finished.iter().max().copied().unwrap_or_default();
+            eprintln!("others finished after {last:?}; the slow query after {slow_done:?}");
+            assert!(last < Duration::from_secs(3), "sessions waited behind the slow query: {finished:?}");
+        })
+    });
+    assert!(pgmux.log().contains("upstream busy with a long turn"), "no session moved:\n{}", pgmux.log());
+}
+
 /// A moved session keeps SQL-level prepared statements and its cancel key works wherever it is.
 #[test]
 fn moved_session_keeps_sql_prepared_statements() {
@@ -278,6 +329,9 @@ fn server_lifetime_drains_workers_without_dropping_sessions() {
 /// settings and prepared statements.
 #[test]
 fn migration_under_load() {
+    const HOLDERS: usize = 3;
+    const HOLD: Duration = Duration::from_millis(20);
+    const CLIENTS: &str = "300";
     let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "4"));
     let init = pgmux.pgbench(&["-i", "-s", "1", "-q", "-U", "alice", "appdb"]);
     assert!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
@@ -285,13 +339,13 @@ fn migration_under_load() {
     let out = with_deadline(&pgmux, Duration::from_secs(90), || {
         std::thread::scope(|scope| {
             // Holders: short transactions with client think time inside them.
-            for _ in 0..3 {
+            for _ in 0..HOLDERS {
                 let (pgmux, stop) = (&pgmux, &stop);
                 scope.spawn(move || {
                     let mut c = pgmux.client("appdb", "alice");
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         c.batch_execute("BEGIN; SELECT 1").unwrap();
-                        std::thread::sleep(Duration::from_millis(60));
+                        std::thread::sleep(HOLD);
                         c.batch_execute("COMMIT").unwrap();
                     }
                 });
@@ -316,7 +370,7 @@ fn migration_under_load() {
                 })
                 .collect();
             let out = pgmux
-                .pgbench(&["-n", "-S", "-M", "prepared", "-c", "150", "-j", "2", "-T", "6", "-U", "alice", "appdb"]);
+                .pgbench(&["-n", "-S", "-M", "prepared", "-c", CLIENTS, "-j", "2", "-T", "6", "-U", "alice", "appdb"]);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             for c in checkers {
                 assert!(c.join().unwrap() > 0);
@@ -345,5 +399,6 @@ fn migration_under_load() {
         costs.len()
     );
     assert!(!costs.is_empty(), "no move reported its cost");
-    assert!(moves > 100, "only {moves} sessions moved: the load did not exercise migration");
+    // Thousands of moves a second is the target; a loaded 2-core machine measured 1650-1780 here.
+    assert!(moves / 6 >= 1000, "only {moves} moves in 6 s: fewer than 1000 a second");
 }

@@ -552,6 +552,26 @@ fn sql_prepare_and_execute_in_one_query() {
     pgmux.stop();
 }
 
+/// Quoted names need no whitespace around them. pgmux renames them upstream; a bare new name used to run into the
+/// neighbouring words (`PREPAREpgmuxq_...AS`), so valid statements failed with a syntax error. Found by the fuzz
+/// harness (tests/tests/fuzz).
+#[test]
+fn sql_prepare_names_without_whitespace() {
+    let pgmux = start(1);
+    with_deadline(&pgmux, Duration::from_secs(30), || {
+        let mut a = pgmux.client("appdb", "alice");
+        let mut b = pgmux.client("appdb", "alice");
+        let r = simple_try(&mut a, "PREPARE\"q\"(int)AS SELECT $1 + 100;EXECUTE\"q\"(1)").map_err(|e| format!("{e:?}"));
+        assert_eq!(r.as_deref(), Ok("101"), "PREPARE\"q\"...;EXECUTE\"q\"(1) in one Query");
+        b.batch_execute("PREPARE\"q\"(int)AS SELECT $1 + 200").unwrap();
+        // Through a Parse too (the postgres crate's query), and after the other session's same name.
+        let row = a.query_one("EXECUTE\"q\"(2)", &[]).map_err(|e| format!("{e:?}"));
+        assert_eq!(row.map(|r| r.get::<_, i32>(0)), Ok(102), "A's EXECUTE\"q\"(2)");
+        assert_eq!(simple_one(&mut b, "EXECUTE\"q\"(3);DEALLOCATE\"q\""), "203", "B's EXECUTE\"q\"(3);DEALLOCATE\"q\"");
+    });
+    pgmux.stop();
+}
+
 /// After another session's DEALLOCATE ALL wiped the upstream, a session's PREPARE of a name it still has must
 /// still fail with 42P05, and its statement must keep working.
 #[test]

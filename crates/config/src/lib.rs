@@ -7,9 +7,12 @@
 //! a [`ConfigError`] naming the file, the dotted key or line, and what is wrong.
 
 mod error;
+pub mod hba;
 pub mod pooler;
+pub mod settings;
 pub mod userlist;
 mod walk;
 
+pub use hba::Hba;
 pub use pooler::{AuthType, Config, ConfigError, Database, PoolMode, Pooler};
 pub use userlist::{Secret, UserList};

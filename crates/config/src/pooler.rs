@@ -41,6 +41,9 @@ const POOLER_KEYS: &[&str] = &[
     "max_packet_size",
     "logfile",
     "pidfile",
+    "admin_users",
+    "stats_users",
+    "stats_period",
 ];
 
 const DATABASE_KEYS: &[&str] = &["host", "port", "dbname", "user", "password", "pool_size", "pool_mode"];
@@ -107,7 +110,7 @@ impl fmt::Display for PoolMode {
 }
 
 /// The `[pooler]` table, every default applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pooler {
     /// TCP addresses to listen on; empty means no TCP, `*` became `0.0.0.0` and `::`.
     pub listen_addr: Vec<String>,
@@ -136,6 +139,12 @@ pub struct Pooler {
     /// `None` means log to stderr.
     pub logfile: Option<PathBuf>,
     pub pidfile: Option<PathBuf>,
+    /// Users that may run every admin console command (database `pgbouncer`).
+    pub admin_users: Vec<String>,
+    /// Users that may run the console's read-only SHOW commands.
+    pub stats_users: Vec<String>,
+    /// The window SHOW STATS averages over (PgBouncer's default: 60 s).
+    pub stats_period: Duration,
 }
 
 impl Default for Pooler {
@@ -161,6 +170,9 @@ impl Default for Pooler {
             max_packet_size: 2_147_483_647,
             logfile: None,
             pidfile: None,
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            stats_period: Duration::from_secs(60),
         }
     }
 }
@@ -268,8 +280,15 @@ fn table_at<'a>(path: &Path, root: &'a toml::Table, name: &str) -> Result<Option
 }
 
 fn parse_pooler(s: &Section<'_>, path: &Path) -> Result<Pooler, ConfigError> {
-    s.check_keys(POOLER_KEYS)?;
     let mut p = Pooler::default();
+    apply_pooler(s, path, &mut p)?;
+    Ok(p)
+}
+
+/// Sets every key present in `s` on `p`, leaving the others as they are: the whole `[pooler]` table at load time,
+/// one key for the admin console's SET.
+pub(crate) fn apply_pooler(s: &Section<'_>, path: &Path, p: &mut Pooler) -> Result<(), ConfigError> {
+    s.check_keys(POOLER_KEYS)?;
     if let Some(list) = s.string_list("listen_addr")? {
         p.listen_addr = parse_listen_addr(s, &list)?;
     }
@@ -287,7 +306,9 @@ fn parse_pooler(s: &Section<'_>, path: &Path) -> Result<Pooler, ConfigError> {
             s.err("auth_type", format!("invalid value {v:?} (expected trust, plain, md5 or scram-sha-256)"))
         })?;
     }
-    p.auth_file = s.string("auth_file")?.and_then(|f| resolve(path, f));
+    if let Some(f) = s.string("auth_file")? {
+        p.auth_file = resolve(path, f);
+    }
     if let Some(mode) = pool_mode(s)? {
         p.pool_mode = mode;
     }
@@ -324,9 +345,45 @@ fn parse_pooler(s: &Section<'_>, path: &Path) -> Result<Pooler, ConfigError> {
     if let Some(n) = s.int("max_packet_size", 1024, i32::MAX.into())? {
         p.max_packet_size = n as u32;
     }
-    p.logfile = s.string("logfile")?.and_then(|f| resolve(path, f));
-    p.pidfile = s.string("pidfile")?.and_then(|f| resolve(path, f));
-    Ok(p)
+    if let Some(f) = s.string("logfile")? {
+        p.logfile = resolve(path, f);
+    }
+    if let Some(f) = s.string("pidfile")? {
+        p.pidfile = resolve(path, f);
+    }
+    if let Some(list) = s.string_list("admin_users")? {
+        p.admin_users = parse_user_list(s, "admin_users", &list)?;
+    }
+    if let Some(list) = s.string_list("stats_users")? {
+        p.stats_users = parse_user_list(s, "stats_users", &list)?;
+    }
+    // Averages need a window of at least a second (PgBouncer's minimum too).
+    if let Some(d) = s.seconds("stats_period", 1.0)? {
+        p.stats_period = d;
+    }
+    Ok(())
+}
+
+/// `"alice, bob"` or `["alice", "bob"]` as PgBouncer's comma-separated user lists; `""` is the empty list.
+fn parse_user_list(s: &Section<'_>, key: &str, items: &[&str]) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        for user in item.split(',').map(str::trim) {
+            if user.is_empty() {
+                if items.len() == 1 && item.trim().is_empty() {
+                    continue;
+                }
+                return Err(s.err(key, format!("invalid value {item:?} (empty user name in list)")));
+            }
+            if user.chars().any(|c| c.is_control()) {
+                return Err(s.err(key, format!("invalid user name {user:?} (contains a control character)")));
+            }
+            if !out.iter().any(|u| u == user) {
+                out.push(user.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn parse_listen_addr(s: &Section<'_>, items: &[&str]) -> Result<Vec<String>, ConfigError> {

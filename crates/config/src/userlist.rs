@@ -74,6 +74,11 @@ impl UserList {
         self.users.len()
     }
 
+    /// The listed user names, in no particular order (the admin console's SHOW USERS).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.users.keys().map(String::as_str)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::admin::AdminCommand;
+use crate::channel::MAX_MSG_LEN;
 use crate::record::{Reader, RecordError, SessionRecord};
 
 const TAG_LOGIN: u8 = 1;
@@ -17,6 +19,19 @@ const TAG_SESSION_CLOSED: u8 = 6;
 const TAG_WORKER_STATUS: u8 = 7;
 const TAG_MIGRATE: u8 = 8;
 const TAG_DRAINING: u8 = 9;
+const TAG_DRAIN: u8 = 10;
+const TAG_SESSION_STATE: u8 = 11;
+// The admin console's messages start at 40, clear of the core's.
+const TAG_STATS_REQUEST: u8 = 40;
+const TAG_WORKER_STATS: u8 = 41;
+const TAG_ADMIN_REQUEST: u8 = 42;
+const TAG_ADMIN_REPLY: u8 = 43;
+const TAG_PAUSE_SESSIONS: u8 = 44;
+const TAG_KILL_SESSIONS: u8 = 45;
+const TAG_KILL_SESSION: u8 = 46;
+const TAG_RECONNECT_UPSTREAM: u8 = 47;
+const TAG_SET_CONFIG: u8 = 49;
+const TAG_CLOSE_CONSOLES: u8 = 50;
 
 /// One message between two pgmux processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +71,58 @@ pub enum Msg {
     },
     /// worker → supervisor: this worker is moving all its sessions away and will exit; give it no new ones.
     Draining,
+    /// supervisor → worker: move every session to other workers at its next transaction boundary, then exit (a pool
+    /// shrank or its definition changed on reload).
+    Drain,
+    /// worker → supervisor: the session's state as it stands between transactions (after its greeting, and after any
+    /// turn that changed its settings, prepared statements or channels). The supervisor keeps it, with a copy of the
+    /// client socket, to re-home the session if this worker dies.
+    SessionState {
+        record: SessionRecord,
+    },
+    // ----- admin console -----
+    /// supervisor → worker: report your counters and state (`WorkerStats` with the same `seq`).
+    StatsRequest {
+        seq: u64,
+    },
+    /// worker → supervisor: one piece of an encoded `stats::WorkerReport`; `last` ends it. `seq` 0: unsolicited
+    /// (a worker's final numbers before it exits).
+    WorkerStats {
+        seq: u64,
+        last: bool,
+        part: Vec<u8>,
+    },
+    /// listener → supervisor: a console command, parsed and privilege-checked by the listener.
+    AdminRequest {
+        id: u64,
+        command: AdminCommand,
+    },
+    /// supervisor → listener: one piece of an encoded `admin::AdminReply` to request `id`.
+    AdminReply {
+        id: u64,
+        last: bool,
+        part: Vec<u8>,
+    },
+    /// supervisor → worker: PAUSE (start no new transaction) or RESUME.
+    PauseSessions {
+        paused: bool,
+    },
+    /// supervisor → worker: KILL: close every session and the upstream, then exit.
+    KillSessions,
+    /// supervisor → worker: KILL_CLIENT: close this session.
+    KillSession {
+        session_id: u64,
+    },
+    /// supervisor → worker: RECONNECT: close the upstream once it is released; the next turn opens a new one.
+    ReconnectUpstream,
+    /// supervisor → any child: a `[pooler]` setting changed (console SET), already validated by the supervisor.
+    SetConfig {
+        key: String,
+        value: String,
+    },
+    /// supervisor → listener: pgmux is stopping, end the console sessions (a listener that is only retired by a
+    /// reload keeps serving them until their clients leave).
+    CloseConsoles,
 }
 
 /// Why a message could not be decoded.
@@ -85,6 +152,11 @@ pub enum MessageError {
         msg: &'static str,
         count: usize,
     },
+    /// A field's content is not valid (not UTF-8, an unknown command).
+    Invalid {
+        msg: &'static str,
+        field: &'static str,
+    },
 }
 
 impl fmt::Display for MessageError {
@@ -102,6 +174,7 @@ impl fmt::Display for MessageError {
             MessageError::TrailingBytes { msg, count } => {
                 write!(f, "ipc message {msg}: {count} trailing bytes")
             }
+            MessageError::Invalid { msg, field } => write!(f, "ipc message {msg}: invalid {field}"),
         }
     }
 }
@@ -142,6 +215,33 @@ impl Fields<'_> {
         }
     }
 
+    /// A `u32`-length byte string of at most one channel message.
+    fn bytes(&mut self, field: &'static str) -> Result<Vec<u8>, MessageError> {
+        let msg = self.msg;
+        let len = self.u32(field)? as usize;
+        if len > MAX_MSG_LEN || len > self.r.remaining() {
+            return Err(MessageError::Truncated { msg, field });
+        }
+        self.r.take(len, field).map(<[u8]>::to_vec).map_err(|_| MessageError::Truncated { msg, field })
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, MessageError> {
+        let msg = self.msg;
+        String::from_utf8(self.bytes(field)?).map_err(|_| MessageError::Invalid { msg, field })
+    }
+
+    /// A console command filling the rest of the message.
+    fn command(&mut self) -> Result<AdminCommand, MessageError> {
+        let msg = self.msg;
+        let rest = self
+            .r
+            .take(self.r.remaining(), "command")
+            .map_err(|_| MessageError::Truncated { msg, field: "command" })?;
+        let mut f = crate::wire::Fields::new(rest);
+        let c = AdminCommand::decode(&mut f).and_then(|c| f.finish().map(|_| c));
+        c.map_err(|_| MessageError::Invalid { msg, field: "command" })
+    }
+
     fn record(&mut self) -> Result<SessionRecord, MessageError> {
         let msg = self.msg;
         SessionRecord::decode_from(&mut self.r).map_err(|source| MessageError::Record { msg, source })
@@ -168,6 +268,18 @@ impl Msg {
             Msg::WorkerStatus { .. } => "WorkerStatus",
             Msg::Migrate { .. } => "Migrate",
             Msg::Draining => "Draining",
+            Msg::Drain => "Drain",
+            Msg::SessionState { .. } => "SessionState",
+            Msg::StatsRequest { .. } => "StatsRequest",
+            Msg::WorkerStats { .. } => "WorkerStats",
+            Msg::AdminRequest { .. } => "AdminRequest",
+            Msg::AdminReply { .. } => "AdminReply",
+            Msg::PauseSessions { .. } => "PauseSessions",
+            Msg::KillSessions => "KillSessions",
+            Msg::KillSession { .. } => "KillSession",
+            Msg::ReconnectUpstream => "ReconnectUpstream",
+            Msg::SetConfig { .. } => "SetConfig",
+            Msg::CloseConsoles => "CloseConsoles",
         }
     }
 
@@ -180,7 +292,19 @@ impl Msg {
             | Msg::Shutdown
             | Msg::SessionClosed { .. }
             | Msg::Draining
-            | Msg::WorkerStatus { .. } => 0,
+            | Msg::Drain
+            | Msg::SessionState { .. }
+            | Msg::WorkerStatus { .. }
+            | Msg::StatsRequest { .. }
+            | Msg::WorkerStats { .. }
+            | Msg::AdminRequest { .. }
+            | Msg::AdminReply { .. }
+            | Msg::PauseSessions { .. }
+            | Msg::KillSessions
+            | Msg::KillSession { .. }
+            | Msg::ReconnectUpstream
+            | Msg::SetConfig { .. }
+            | Msg::CloseConsoles => 0,
         }
     }
 
@@ -219,6 +343,48 @@ impl Msg {
                 record.encode(out);
             }
             Msg::Draining => out.push(TAG_DRAINING),
+            Msg::Drain => out.push(TAG_DRAIN),
+            Msg::SessionState { record } => {
+                out.push(TAG_SESSION_STATE);
+                record.encode(out);
+            }
+            Msg::StatsRequest { seq } => {
+                out.push(TAG_STATS_REQUEST);
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
+            Msg::WorkerStats { seq, last, part } => {
+                out.push(TAG_WORKER_STATS);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.push(u8::from(*last));
+                crate::wire::put_bytes(out, part);
+            }
+            Msg::AdminRequest { id, command } => {
+                out.push(TAG_ADMIN_REQUEST);
+                out.extend_from_slice(&id.to_be_bytes());
+                command.encode(out);
+            }
+            Msg::AdminReply { id, last, part } => {
+                out.push(TAG_ADMIN_REPLY);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.push(u8::from(*last));
+                crate::wire::put_bytes(out, part);
+            }
+            Msg::PauseSessions { paused } => {
+                out.push(TAG_PAUSE_SESSIONS);
+                out.push(u8::from(*paused));
+            }
+            Msg::KillSessions => out.push(TAG_KILL_SESSIONS),
+            Msg::KillSession { session_id } => {
+                out.push(TAG_KILL_SESSION);
+                out.extend_from_slice(&session_id.to_be_bytes());
+            }
+            Msg::ReconnectUpstream => out.push(TAG_RECONNECT_UPSTREAM),
+            Msg::SetConfig { key, value } => {
+                out.push(TAG_SET_CONFIG);
+                crate::wire::put_str(out, key);
+                crate::wire::put_str(out, value);
+            }
+            Msg::CloseConsoles => out.push(TAG_CLOSE_CONSOLES),
         }
     }
 
@@ -235,6 +401,18 @@ impl Msg {
             TAG_WORKER_STATUS => "WorkerStatus",
             TAG_MIGRATE => "Migrate",
             TAG_DRAINING => "Draining",
+            TAG_DRAIN => "Drain",
+            TAG_SESSION_STATE => "SessionState",
+            TAG_STATS_REQUEST => "StatsRequest",
+            TAG_WORKER_STATS => "WorkerStats",
+            TAG_ADMIN_REQUEST => "AdminRequest",
+            TAG_ADMIN_REPLY => "AdminReply",
+            TAG_PAUSE_SESSIONS => "PauseSessions",
+            TAG_KILL_SESSIONS => "KillSessions",
+            TAG_KILL_SESSION => "KillSession",
+            TAG_RECONNECT_UPSTREAM => "ReconnectUpstream",
+            TAG_SET_CONFIG => "SetConfig",
+            TAG_CLOSE_CONSOLES => "CloseConsoles",
             other => return Err(MessageError::UnknownTag(other)),
         };
         let mut f = Fields { msg: name, r: Reader::new(body) };
@@ -247,6 +425,18 @@ impl Msg {
             TAG_SESSION_CLOSED => Msg::SessionClosed { session_id: f.u64("session_id")? },
             TAG_MIGRATE => Msg::Migrate { record: f.record()? },
             TAG_DRAINING => Msg::Draining,
+            TAG_DRAIN => Msg::Drain,
+            TAG_SESSION_STATE => Msg::SessionState { record: f.record()? },
+            TAG_STATS_REQUEST => Msg::StatsRequest { seq: f.u64("seq")? },
+            TAG_WORKER_STATS => Msg::WorkerStats { seq: f.u64("seq")?, last: f.bool("last")?, part: f.bytes("part")? },
+            TAG_ADMIN_REQUEST => Msg::AdminRequest { id: f.u64("id")?, command: f.command()? },
+            TAG_ADMIN_REPLY => Msg::AdminReply { id: f.u64("id")?, last: f.bool("last")?, part: f.bytes("part")? },
+            TAG_PAUSE_SESSIONS => Msg::PauseSessions { paused: f.bool("paused")? },
+            TAG_KILL_SESSIONS => Msg::KillSessions,
+            TAG_KILL_SESSION => Msg::KillSession { session_id: f.u64("session_id")? },
+            TAG_RECONNECT_UPSTREAM => Msg::ReconnectUpstream,
+            TAG_SET_CONFIG => Msg::SetConfig { key: f.string("key")?, value: f.string("value")? },
+            TAG_CLOSE_CONSOLES => Msg::CloseConsoles,
             // The only tag left after the match above.
             _ => Msg::WorkerStatus { upstream_up: f.bool("upstream_up")?, sessions: f.u32("sessions")? },
         };
@@ -272,6 +462,18 @@ mod tests {
             Msg::WorkerStatus { upstream_up: false, sessions: 0 },
             Msg::Migrate { record: full_record() },
             Msg::Draining,
+            Msg::Drain,
+            Msg::SessionState { record: full_record() },
+            Msg::StatsRequest { seq: 3 },
+            Msg::WorkerStats { seq: 3, last: true, part: vec![1, 2, 3] },
+            Msg::AdminRequest { id: 4, command: AdminCommand::Pause { db: Some("appdb".into()) } },
+            Msg::AdminReply { id: 4, last: false, part: Vec::new() },
+            Msg::PauseSessions { paused: true },
+            Msg::KillSessions,
+            Msg::KillSession { session_id: 5 },
+            Msg::ReconnectUpstream,
+            Msg::SetConfig { key: "query_wait_timeout".into(), value: "5".into() },
+            Msg::CloseConsoles,
         ]
     }
 
@@ -291,7 +493,7 @@ mod tests {
     #[test]
     fn fd_counts() {
         let counts: Vec<usize> = all().iter().map(Msg::fd_count).collect();
-        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -310,14 +512,17 @@ mod tests {
             let mut buf = encoded(&m);
             buf.push(0);
             let err = Msg::decode(&buf).unwrap_err();
-            assert!(matches!(err, MessageError::TrailingBytes { count: 1, .. }), "{}: {err}", m.name());
+            // A console command fills the rest of its message, so an extra byte makes the command invalid.
+            let ok = matches!(err, MessageError::TrailingBytes { count: 1, .. })
+                || matches!((&m, &err), (Msg::AdminRequest { .. }, MessageError::Invalid { field: "command", .. }));
+            assert!(ok, "{}: {err}", m.name());
         }
     }
 
     #[test]
     fn unknown_tags_rejected() {
         assert_eq!(Msg::decode(&[]), Err(MessageError::Empty));
-        for tag in [0u8, 10, 0x51, 0xFF] {
+        for tag in [0u8, 12, 0x51, 0xFF] {
             assert_eq!(Msg::decode(&[tag]), Err(MessageError::UnknownTag(tag)));
         }
     }

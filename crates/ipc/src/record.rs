@@ -12,7 +12,7 @@
 use std::fmt;
 
 /// Version byte that starts every encoded record.
-pub const RECORD_VERSION: u8 = 4;
+pub const RECORD_VERSION: u8 = 5;
 /// Longest string (in bytes) a record may carry.
 pub const MAX_STRING_LEN: usize = 1024 * 1024;
 /// Most startup parameters a record may carry.
@@ -64,6 +64,9 @@ pub struct SessionRecord {
     /// When the session left its previous worker (CLOCK_MONOTONIC nanoseconds, shared by all processes); 0 if it
     /// never moved. Lets the receiving worker measure what a move cost.
     pub moved_at_ns: u64,
+    /// The client's SCRAM ClientKey when it logged in with SCRAM-SHA-256 against a stored secret (32 bytes), else
+    /// empty: lets the worker log in upstream as the user without the password.
+    pub scram_client_key: Vec<u8>,
 }
 
 /// Why a record could not be decoded.
@@ -264,6 +267,7 @@ impl SessionRecord {
             put_bytes(out, l.as_bytes());
         }
         out.extend_from_slice(&self.moved_at_ns.to_be_bytes());
+        put_bytes(out, &self.scram_client_key);
     }
 
     /// Decodes a record that must fill `buf` exactly.
@@ -328,6 +332,7 @@ impl SessionRecord {
             listens.push(r.string("listens")?);
         }
         let moved_at_ns = r.u64("moved_at_ns")?;
+        let scram_client_key = r.bytes("scram_client_key", 32)?.to_vec();
         Ok(SessionRecord {
             session_id,
             database,
@@ -344,6 +349,7 @@ impl SessionRecord {
             sql_prepared,
             listens,
             moved_at_ns,
+            scram_client_key,
         })
     }
 }
@@ -372,6 +378,7 @@ pub(crate) mod tests {
             sql_prepared: vec![("p".into(), "pgmuxq_1_1".into(), " AS SELECT 1".into())],
             listens: vec!["jobs".into()],
             moved_at_ns: 123_456_789,
+            scram_client_key: vec![9; 32],
         }
     }
 

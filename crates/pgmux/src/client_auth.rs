@@ -57,6 +57,15 @@ pub struct ClientAuth {
     state: State,
     /// Why the login is doomed (or failed), for the log; never sent to the client.
     detail: Option<String>,
+    /// The client's SCRAM ClientKey after a successful SCRAM login against a stored secret.
+    client_key: Option<[u8; 32]>,
+}
+
+impl ClientAuth {
+    /// The ClientKey of a successful SCRAM login: with the stored secret it lets pgmux log in upstream as this user.
+    pub fn scram_client_key(&self) -> Option<[u8; 32]> {
+        self.client_key
+    }
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -80,7 +89,7 @@ impl ClientAuth {
         secret: Option<&Secret>,
         auth_file_configured: bool,
     ) -> (ClientAuth, AuthStep) {
-        let mut me = ClientAuth { user: user.to_owned(), state: State::Finished, detail: None };
+        let mut me = ClientAuth { user: user.to_owned(), state: State::Finished, detail: None, client_key: None };
         let step = match auth_type {
             AuthType::Trust => {
                 if auth_file_configured && secret.is_none() {
@@ -168,6 +177,7 @@ impl ClientAuth {
                 }
                 match server.client_final(frontend::parse_sasl_response(body)) {
                     Ok(reply) if real => {
+                        self.client_key = server.client_key();
                         let mut out = Vec::new();
                         backend::auth_sasl_final(&mut out, &reply);
                         AuthStep::Done(out)

@@ -11,6 +11,10 @@
 //!
 //! CancelRequests are passed to the supervisor as `Msg::CancelRequest` and the socket is closed without a reply, as
 //! PostgreSQL does.
+//!
+//! A login to the admin console (database `pgbouncer` or `pgmux`) is not handed off: the connection stays here as
+//! a console (`crate::admin::console`), whose commands go to the supervisor as `Msg::AdminRequest` and whose
+//! answers come back as `Msg::AdminReply`.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,11 +26,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::unistd::Pid;
 use pgmux_config::{Config, UserList};
+use pgmux_ipc::admin::AdminCommand;
 use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 use pgmux_proto::backend;
 use pgmux_proto::frame::{peek_header, MAX_STARTUP_LEN};
 use pgmux_proto::startup::{decode_startup, startup_packet_len, Startup, StartupError, StartupPacket};
 
+use crate::admin::console::{Console, Step};
+use crate::admin::show::Local;
 use crate::client_auth::{AuthStep, ClientAuth};
 use crate::net::{Conn, ReadOutcome};
 use crate::process;
@@ -103,6 +110,8 @@ struct LoginInfo {
     database: String,
     user: String,
     params: Vec<(String, String)>,
+    /// From a SCRAM login: passed on so the worker can log in upstream with it.
+    scram_client_key: Option<[u8; 32]>,
 }
 
 enum Phase {
@@ -110,6 +119,8 @@ enum Phase {
     Authenticating(Box<ClientAuth>),
     /// Authenticated; waiting for the last auth bytes to reach the client.
     HandingOff,
+    /// An admin console session (it stays in this process until the client leaves).
+    Console(Box<Console>),
     /// An error is being written; then the write side is shut and input discarded until EOF or the deadline.
     Closing {
         deadline: Instant,
@@ -131,6 +142,10 @@ struct Client {
     ssl_answered: bool,
     gss_answered: bool,
     login: Option<LoginInfo>,
+    /// Logged in to the console as the OS user running pgmux over the Unix socket (no password, admin rights).
+    peer_admin: bool,
+    /// Names the connection in log lines, PgBouncer-style ("C-0x..."): unique across listeners.
+    cid: u64,
 }
 
 /// What the loop must do with a connection after driving it.
@@ -144,12 +159,16 @@ enum Verdict {
         key: u32,
     },
     HandOff,
+    /// A console command for the supervisor.
+    Admin(AdminCommand),
 }
 
 /// The read-only configuration a connection consults.
 struct Env<'a> {
     config: &'a Config,
     userlist: &'a UserList,
+    /// Connections this listener holds (logging in, or consoles).
+    connections: usize,
 }
 
 struct Listener {
@@ -167,8 +186,12 @@ struct Listener {
     shutdown_deadline: Option<Instant>,
     last_tick: Instant,
     refused: u64,
+    accepted_total: u64,
     last_refusal_log: Option<Instant>,
     exit: Option<i32>,
+    /// Console commands sent to the supervisor: request id → connection slot.
+    admin_requests: std::collections::HashMap<u64, usize>,
+    next_admin_id: u64,
 }
 
 impl Listener {
@@ -202,8 +225,11 @@ impl Listener {
             shutdown_deadline: None,
             last_tick: Instant::now(),
             refused: 0,
+            accepted_total: 0,
             last_refusal_log: None,
             exit: None,
+            admin_requests: std::collections::HashMap::new(),
+            next_admin_id: 1,
         })
     }
 
@@ -357,7 +383,10 @@ impl Listener {
             ssl_answered: false,
             gss_answered: false,
             login: None,
+            peer_admin: false,
+            cid: (u64::from(self.index) << 40) | self.accepted_total,
         };
+        self.accepted_total += 1;
         if let Some(s) = self.clients.get_mut(slot) {
             *s = Some(client);
         }
@@ -379,13 +408,26 @@ impl Listener {
             let mut msg = Vec::new();
             backend::error_response(&mut msg, "FATAL", "53300", "no more connections allowed (max_client_conn)");
             let _ = sock.write(&msg);
+            // The client has usually sent its startup packet already. Closing over unread input makes the kernel
+            // answer with a reset instead of a FIN, and a client kernel may then drop the error unread (Windows
+            // does): end our side after the error, and consume what has arrived, before the socket is closed. No
+            // lingering here, unlike a failed login, so a flood cannot pile up refused sockets.
+            sock.shutdown_write();
+            let mut sink = Vec::new();
+            while sink.len() < MAX_DISCARD {
+                match sock.read_into(&mut sink, READ_CHUNK) {
+                    Ok(ReadOutcome::Data { drained: false, .. }) => {}
+                    _ => break,
+                }
+            }
         }
     }
 
     // ----- connections -----
 
     fn drive(&mut self, slot: usize) {
-        let env = Env { config: &self.config, userlist: &self.userlist };
+        let connections = self.clients.len() - self.free.len();
+        let env = Env { config: &self.config, userlist: &self.userlist, connections };
         let verdict = match self.clients.get_mut(slot) {
             Some(Some(c)) => c.advance(&env),
             _ => return,
@@ -398,6 +440,15 @@ impl Listener {
                 self.send(&Msg::CancelRequest { pid, key }, Vec::new(), "cancel request");
             }
             Verdict::HandOff => self.hand_off(slot),
+            Verdict::Admin(command) => {
+                let id = self.next_admin_id;
+                self.next_admin_id += 1;
+                if let Some(Some(Client { phase: Phase::Console(console), .. })) = self.clients.get_mut(slot) {
+                    console.asked(id);
+                }
+                self.admin_requests.insert(id, slot);
+                self.send(&Msg::AdminRequest { id, command }, Vec::new(), "console command");
+            }
         }
     }
 
@@ -428,6 +479,7 @@ impl Listener {
             startup_params: login.params,
             client_addr: c.addr,
             pending_input: std::mem::take(&mut c.inbuf),
+            scram_client_key: login.scram_client_key.map(|k| k.to_vec()).unwrap_or_default(),
             ..SessionRecord::default()
         };
         self.send(&Msg::Login { record }, vec![c.sock.into_fd()], "login");
@@ -465,6 +517,12 @@ impl Listener {
             match self.channel.recv() {
                 Ok(Some((msg, _fds))) => match msg {
                     Msg::Shutdown => self.begin_shutdown(),
+                    Msg::AdminReply { id, last, part } => self.admin_reply(id, last, &part),
+                    Msg::CloseConsoles => self.close_consoles(),
+                    Msg::SetConfig { key, value } => match self.config.with_setting(&key, &value) {
+                        Ok(c) => self.config = Arc::new(c),
+                        Err(e) => warn!("SET {key}: {e:?}"),
+                    },
                     other => warn!("unexpected {} from the supervisor", other.name()),
                 },
                 Ok(None) => return,
@@ -484,6 +542,23 @@ impl Listener {
         }
     }
 
+    /// A piece of the supervisor's answer to a console command.
+    fn admin_reply(&mut self, id: u64, last: bool, part: &[u8]) {
+        let Some(&slot) = self.admin_requests.get(&id) else { return };
+        if last {
+            self.admin_requests.remove(&id);
+        }
+        let local = Local { login_clients: self.clients.len() - self.free.len() };
+        let Some(Some(c)) = self.clients.get_mut(slot) else { return };
+        let Phase::Console(console) = &mut c.phase else { return };
+        if let Some(bytes) = console.on_reply_part(id, part, last, &local) {
+            c.out.extend_from_slice(&bytes);
+            // Pipelined console queries wait in the buffer: look at them now.
+            c.readable = true;
+            self.drive(slot);
+        }
+    }
+
     fn begin_shutdown(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -495,7 +570,21 @@ impl Listener {
                 let _ = self.poll.registry().deregister(l.source());
             }
         }
+        // Console sessions stay: a listener retired by a reload serves them until their clients leave; when pgmux
+        // itself stops, the supervisor says so (`Msg::CloseConsoles`).
         self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+    }
+
+    /// pgmux is stopping: console sessions end once what they were sent (an answer to SHUTDOWN) is out.
+    fn close_consoles(&mut self) {
+        for slot in 0..self.clients.len() {
+            if let Some(Some(c)) = self.clients.get_mut(slot) {
+                if matches!(c.phase, Phase::Console(_)) {
+                    c.phase = Phase::Closing { deadline: Instant::now() + CLOSE_LINGER, shut: false, discarded: 0 };
+                    self.drive(slot);
+                }
+            }
+        }
     }
 
     // ----- janitor -----
@@ -515,7 +604,7 @@ impl Listener {
             let Some(Some(c)) = self.clients.get_mut(slot) else { continue };
             match c.phase {
                 Phase::Closing { deadline, .. } if now >= deadline => self.remove(slot),
-                Phase::Closing { .. } => {}
+                Phase::Closing { .. } | Phase::Console(_) => {}
                 _ if !timeout.is_zero() && now.duration_since(c.accepted) > timeout => {
                     c.fail("08P01", "client_login_timeout".into(), None);
                     self.drive(slot);
@@ -525,13 +614,25 @@ impl Listener {
         }
         if let Some(deadline) = self.shutdown_deadline {
             let in_progress = self.clients.len() - self.free.len();
+            let consoles = self.clients.iter().flatten().filter(|c| matches!(c.phase, Phase::Console(_))).count();
             if in_progress == 0 && self.outbox.is_empty() {
                 info!("shutdown complete");
                 self.exit = Some(0);
-            } else if now >= deadline {
-                warn!("shutdown: giving up on {in_progress} unfinished login(s)");
+            } else if now >= deadline && in_progress > consoles {
+                warn!("shutdown: giving up on {} unfinished login(s)", in_progress - consoles);
                 self.flush_outbox();
-                self.exit = Some(0);
+                if consoles == 0 {
+                    self.exit = Some(0);
+                } else {
+                    let logins: Vec<usize> = (0..self.clients.len())
+                        .filter(
+                            |&i| matches!(self.clients.get(i), Some(Some(c)) if !matches!(c.phase, Phase::Console(_))),
+                        )
+                        .collect();
+                    for slot in logins {
+                        self.remove(slot);
+                    }
+                }
             }
         }
     }
@@ -549,9 +650,18 @@ impl Client {
             }
             match self.phase {
                 Phase::Closing { .. } => return self.advance_closing(),
-                Phase::HandingOff => {
-                    return if self.out.is_empty() { Verdict::HandOff } else { Verdict::Wait };
+                Phase::HandingOff if !self.out.is_empty() => return Verdict::Wait,
+                Phase::HandingOff
+                    if self.login.as_ref().is_some_and(|l| crate::admin::is_console_database(&l.database)) =>
+                {
+                    self.start_console(env);
+                    continue;
                 }
+                Phase::HandingOff => return Verdict::HandOff,
+                Phase::Console(_) => match self.advance_console(env) {
+                    Some(v) => return v,
+                    None => continue,
+                },
                 Phase::ReadingStartup | Phase::Authenticating(_) => {}
             }
             match self.process(env) {
@@ -593,7 +703,7 @@ impl Client {
         match self.phase {
             Phase::ReadingStartup => return self.process_startup(env),
             Phase::Authenticating(_) => {}
-            Phase::HandingOff | Phase::Closing { .. } => return None,
+            Phase::HandingOff | Phase::Closing { .. } | Phase::Console(_) => return None,
         }
         // Judge the header before buffering the body: only small password messages are valid now.
         let h = peek_header(&self.inbuf)?;
@@ -660,8 +770,16 @@ impl Client {
         };
         let (user, database) = (user.to_owned(), database.to_owned());
         let params = s.params.into_iter().filter(|(n, _)| n != "user" && n != "database").collect();
-        self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params });
-        if env.config.database(&database).is_none() {
+        self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params, scram_client_key: None });
+        info!("{} login attempt: db={database} user={user} tls=no", self.who());
+        let console = crate::admin::is_console_database(&database);
+        if console && self.addr == "unix" && crate::admin::is_own_user_over_unix(&self.sock, &user) {
+            // PgBouncer lets the OS user running it into the console over the Unix socket without a password.
+            self.peer_admin = true;
+            self.phase = Phase::HandingOff;
+            return;
+        }
+        if !console && env.config.database(&database).is_none() {
             self.fail("3D000", format!("no such database: {database}"), None);
             return;
         }
@@ -677,6 +795,9 @@ impl Client {
             AuthStep::Send(bytes) => self.out.extend_from_slice(&bytes),
             AuthStep::Done(bytes) => {
                 self.out.extend_from_slice(&bytes);
+                if let (Phase::Authenticating(a), Some(login)) = (&self.phase, self.login.as_mut()) {
+                    login.scram_client_key = a.scram_client_key();
+                }
                 self.phase = Phase::HandingOff;
             }
             AuthStep::Fail { code, message } => {
@@ -689,17 +810,74 @@ impl Client {
         }
     }
 
+    /// Authenticated to the console database: admin_users (or the OS user over the Unix socket) get every command,
+    /// stats_users SHOW only, anybody else is refused as PgBouncer refuses them.
+    fn start_console(&mut self, env: &Env<'_>) {
+        let user = self.login.as_ref().map(|l| l.user.clone()).unwrap_or_default();
+        let pooler = &env.config.pooler;
+        let admin = self.peer_admin || pooler.admin_users.contains(&user);
+        if !admin && !pooler.stats_users.contains(&user) {
+            self.fail("08P01", "not allowed".into(), None);
+            return;
+        }
+        let mut key = [0u8; 8];
+        let _ = pgmux_proto::auth::random_bytes(&mut key);
+        let [a, b, c, d, e, f, g, h] = key;
+        // The console cannot be cancelled (a CancelRequest names no session); its key is only for clients that
+        // expect one.
+        Console::greeting(
+            &mut self.out,
+            u32::from_be_bytes([a, b, c, d]) & 0x7fff_ffff,
+            u32::from_be_bytes([e, f, g, h]),
+        );
+        info!("console login: user={user} addr={} ({})", self.addr, if admin { "admin" } else { "stats" });
+        self.phase = Phase::Console(Box::new(Console::new(admin)));
+    }
+
+    /// Runs the console until it waits. None: continue the connection's loop (bytes to flush, or it closes).
+    fn advance_console(&mut self, env: &Env<'_>) -> Option<Verdict> {
+        let local = Local { login_clients: env.connections };
+        loop {
+            let Phase::Console(console) = &mut self.phase else { return None };
+            match console.on_input(&mut self.inbuf, &local) {
+                Step::Send(bytes) => {
+                    self.out.extend_from_slice(&bytes);
+                    return None;
+                }
+                Step::Ask(command) => return Some(Verdict::Admin(command)),
+                Step::Close(bytes) => {
+                    self.out.extend_from_slice(&bytes);
+                    self.inbuf = Vec::new();
+                    self.phase = Phase::Closing { deadline: Instant::now() + CLOSE_LINGER, shut: false, discarded: 0 };
+                    return None;
+                }
+                Step::Wait if console.waiting_for().is_some() || !self.readable => return Some(Verdict::Wait),
+                Step::Wait => {}
+            }
+            // A whole console query is at most 64 KiB; more buffered than that has already been refused.
+            match self.sock.read_into(&mut self.inbuf, READ_CHUNK) {
+                Ok(ReadOutcome::Data { .. }) => {}
+                Ok(ReadOutcome::WouldBlock) => self.readable = false,
+                Ok(ReadOutcome::Eof) | Err(_) => return Some(Verdict::Drop),
+            }
+        }
+    }
+
     /// Logs why the login failed, queues the FATAL error and starts closing.
     fn fail(&mut self, code: &str, message: String, detail: Option<&str>) {
         let why = match detail {
             Some(d) if d != message => format!("{message} ({d})"),
             _ => message.clone(),
         };
+        // PgBouncer's wording, so existing log alerts keep matching.
+        let who = self.who();
+        // The client reads PostgreSQL's message ("... for user \"x\""); the log says what PgBouncer's says.
+        let reason = if code == "28P01" { "password authentication failed" } else { message.as_str() };
+        info!("{who} closing because: {reason} (age={}s)", self.accepted.elapsed().as_secs());
         if code.starts_with("28") {
-            warn!("login failed: {}: {why}", self.who());
-        } else {
-            info!("login failed: {}: {why}", self.who());
+            warn!("{who} pooler error: {reason}");
         }
+        debug!("{who} login failed: {why}");
         backend::error_response(&mut self.out, "FATAL", code, &message);
         self.inbuf = Vec::new();
         self.phase = Phase::Closing { deadline: Instant::now() + CLOSE_LINGER, shut: false, discarded: 0 };
@@ -745,11 +923,12 @@ impl Client {
         Ok(())
     }
 
-    /// "db=appdb user=alice addr=..." once the startup packet is known, else the address.
+    /// "C-0x2a: appdb/alice@127.0.0.1:50000" as PgBouncer names clients in its log; "(nodb)/(nouser)" before the
+    /// startup packet is known.
     fn who(&self) -> String {
         match &self.login {
-            Some(l) => format!("db={} user={} addr={}", l.database, l.user, self.addr),
-            None => format!("addr={}", self.addr),
+            Some(l) => format!("C-0x{:x}: {}/{}@{}", self.cid, l.database, l.user, self.addr),
+            None => format!("C-0x{:x}: (nodb)/(nouser)@{}", self.cid, self.addr),
         }
     }
 }

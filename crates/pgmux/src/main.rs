@@ -3,11 +3,14 @@
 //! `main` reads the command line and the configuration, binds the listen sockets and hands over to the supervisor,
 //! which forks the listeners and workers. Nothing is bound when the configuration is wrong.
 
+mod admin;
+mod board;
 mod client_auth;
 mod listener;
 mod logging;
 mod net;
 mod process;
+mod sd_notify;
 mod sockets;
 mod supervisor;
 mod worker;
@@ -84,22 +87,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let config = match pgmux_config::Config::load(&args.config) {
+    let (config, userlist) = match supervisor::load_files(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pgmux: {e}");
             return ExitCode::from(1);
         }
-    };
-    let userlist = match &config.pooler.auth_file {
-        Some(path) => match pgmux_config::UserList::load(path) {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("pgmux: {e}");
-                return ExitCode::from(1);
-            }
-        },
-        None => pgmux_config::UserList::default(),
     };
     if args.check {
         println!("pgmux: {}: configuration is valid", args.config.display());
@@ -112,6 +105,15 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(args.verbose, args.quiet, config.pooler.logfile.as_deref()) {
         eprintln!("pgmux: cannot open logfile: {e}");
         return ExitCode::from(1);
+    }
+    let nofile = process::raise_nofile_limit();
+    let wanted = u64::from(config.pooler.max_client_conn) * 2 + 64;
+    if nofile < wanted {
+        log::warn!(
+            "open files limit is {nofile}; max_client_conn {} needs about {wanted} (the supervisor keeps a copy of \
+             every client socket): raise it (ulimit -n, LimitNOFILE=)",
+            config.pooler.max_client_conn
+        );
     }
     if let Err(e) = process::ignore_sigpipe() {
         eprintln!("pgmux: {e}");

@@ -53,6 +53,20 @@ pub fn ignore_sigpipe() -> Result<(), ProcessError> {
         .map_err(|e| ProcessError::Signal("SIGPIPE", e))
 }
 
+/// Raise the soft limit on open files to the hard limit: the supervisor keeps a copy of every client socket (so a
+/// session survives its worker's death), and a worker holds its sessions' sockets. Returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 /// Set the kernel's name for this process (what `ps -o comm`, `pgrep -x` and /proc/PID/comm show).
 pub fn set_process_name(name: &str) {
     if let Ok(c) = std::ffi::CString::new(name) {

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,11 +26,14 @@ use nix::unistd::Pid;
 use pgmux_config::{Config, PoolMode, UserList};
 use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 
+use crate::board::{self, Board};
 use crate::listener::{self, ListenerContext};
 use crate::logging;
 use crate::process;
 use crate::sockets::ListenSocket;
 use crate::worker::{self, WorkerContext};
+
+mod admin;
 
 const SIGNALS: Token = Token(0);
 const FIRST_CHILD: usize = 2;
@@ -37,7 +41,14 @@ const TICK: Duration = Duration::from_millis(100);
 /// Children that die sooner than this after starting count as a crash loop and are respawned with a growing delay.
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How a shutdown waits, as PgBouncer's signals: SIGTERM waits for clients to leave, SIGINT for servers to be
+/// released (every transaction in flight finishes, then the sessions are closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    WaitForClients,
+    WaitForServers,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -53,6 +64,8 @@ struct Child {
     started: Instant,
     sessions: u32,
     name: String,
+    /// Told to go (reload replaced it, or it drains): its exit is expected and nothing respawns in its place.
+    retiring: bool,
 }
 
 #[derive(Debug)]
@@ -72,6 +85,12 @@ struct Pool {
 struct SessionEntry {
     child: usize,
     cancel: (u32, u32),
+    pool: usize,
+    /// The session's state as its worker last reported it between transactions, without unread input except
+    /// bytes no worker has consumed yet.
+    record: SessionRecord,
+    /// A copy of the client socket: if the worker dies, an idle session is given to another worker with it.
+    fd: Option<OwnedFd>,
 }
 
 pub struct Supervisor {
@@ -90,8 +109,12 @@ pub struct Supervisor {
     /// Listener indexes waiting to be respawned, with the time they may be and their current backoff.
     listener_respawn: Vec<(u32, Instant, Duration)>,
     listener_backoff: HashMap<u32, Duration>,
-    shutdown_deadline: Option<Instant>,
+    shutdown: Option<Shutdown>,
     me: Pid,
+    /// The admin console's state: worker reports, pause/disable flags, commands waiting (`supervisor/admin.rs`).
+    admin: admin::AdminState,
+    /// What each worker's upstream is doing, published by the workers themselves (see `board.rs`).
+    board: Rc<Board>,
 }
 
 impl Supervisor {
@@ -104,7 +127,9 @@ impl Supervisor {
         poll.registry()
             .register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)
             .map_err(|e| format!("register signalfd: {e}"))?;
+        let board = Rc::new(Board::new().map_err(|e| format!("status board: {e}"))?);
         Ok(Supervisor {
+            admin: admin::AdminState::new(config.pooler.stats_period),
             config: Arc::new(config),
             userlist: Arc::new(userlist),
             listen,
@@ -119,8 +144,9 @@ impl Supervisor {
             next_worker: 1,
             listener_respawn: Vec::new(),
             listener_backoff: HashMap::new(),
-            shutdown_deadline: None,
+            shutdown: None,
             me: nix::unistd::getpid(),
+            board,
         })
     }
 
@@ -136,6 +162,7 @@ impl Supervisor {
         }
         let mut events = Events::with_capacity(256);
         let mut next_tick = Instant::now() + TICK;
+        crate::sd_notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -178,14 +205,16 @@ impl Supervisor {
 
     // ----- children -----
 
+    /// The child slot the next `add_child` will use.
+    fn next_slot(&self) -> usize {
+        self.children.iter().position(|c| c.is_none()).unwrap_or(self.children.len())
+    }
+
     fn add_child(&mut self, pid: Pid, role: Role, channel: Channel, name: String) -> Result<usize, String> {
-        let slot = match self.children.iter().position(|c| c.is_none()) {
-            Some(i) => i,
-            None => {
-                self.children.push(None);
-                self.children.len() - 1
-            }
-        };
+        let slot = self.next_slot();
+        if slot == self.children.len() {
+            self.children.push(None);
+        }
         self.poll
             .registry()
             .register(
@@ -195,7 +224,16 @@ impl Supervisor {
             )
             .map_err(|e| format!("register channel: {e}"))?;
         if let Some(s) = self.children.get_mut(slot) {
-            *s = Some(Child { pid, role, channel, outbox: Outbox::new(), started: Instant::now(), sessions: 0, name });
+            *s = Some(Child {
+                pid,
+                role,
+                channel,
+                outbox: Outbox::new(),
+                started: Instant::now(),
+                sessions: 0,
+                name,
+                retiring: false,
+            });
         }
         Ok(slot)
     }
@@ -242,16 +280,31 @@ impl Supervisor {
         let name = format!("worker-{index} {database}/{user}");
         let role_name = name.clone();
         let (db2, user2) = (database.clone(), user.clone());
+        let board_slot = self.next_slot();
+        let board = self.board.clone();
         let pid = process::fork_child("pgmux-worker", &keep, move || {
             logging::set_role(role_name);
-            worker::run(WorkerContext { index, database: db2, user: user2, config, userlist, channel: theirs, parent })
+            worker::run(WorkerContext {
+                index,
+                database: db2,
+                user: user2,
+                config,
+                userlist,
+                channel: theirs,
+                parent,
+                board,
+                board_slot,
+                pool,
+            })
         })
         .map_err(|e| e.to_string())?;
         info!("started {name} (pid {pid})");
         let slot = self.add_child(pid, Role::Worker { pool, index }, mine, name)?;
+        self.board.claim(slot, pool, pid.as_raw() as u32);
         if let Some(p) = self.pools.get_mut(pool) {
             p.workers.push(slot);
         }
+        self.admin_worker_started(slot, pool);
         Ok(slot)
     }
 
@@ -296,6 +349,13 @@ impl Supervisor {
             },
             (Some(Role::Listener { .. }), Msg::CancelRequest { pid, key }) => self.route_cancel(pid, key),
             (Some(Role::Worker { .. }), Msg::SessionClosed { session_id }) => self.session_closed(slot, session_id),
+            (Some(Role::Worker { .. }), Msg::SessionState { record }) => {
+                if let Some(e) = self.sessions.get_mut(&record.session_id) {
+                    if e.child == slot {
+                        e.record = record;
+                    }
+                }
+            }
             (Some(Role::Worker { pool, .. }), Msg::Migrate { record }) => match fds.pop() {
                 Some(fd) => self.migrate(slot, pool, record, fd),
                 None => warn!("migrate without a socket"),
@@ -305,13 +365,15 @@ impl Supervisor {
                 if let Some(p) = self.pools.get_mut(pool) {
                     p.workers.retain(|&w| w != slot);
                 }
-                if let Some(c) = self.children.get(slot).and_then(|c| c.as_ref()) {
+                if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                    c.retiring = true;
                     info!("{} is draining", c.name);
                 }
             }
             (Some(Role::Worker { .. }), Msg::WorkerStatus { upstream_up, sessions }) => {
                 debug!("worker in slot {slot}: upstream_up={upstream_up} sessions={sessions}");
             }
+            (_, m @ (Msg::AdminRequest { .. } | Msg::WorkerStats { .. })) => self.on_admin_message(slot, m),
             (_, other) => warn!("unexpected {} from child slot {slot}", other.name()),
         }
     }
@@ -319,7 +381,7 @@ impl Supervisor {
     // ----- sessions -----
 
     fn login(&mut self, mut record: SessionRecord, fd: OwnedFd) {
-        if self.shutdown_deadline.is_some() {
+        if self.shutdown.is_some() {
             refuse(fd, "57P01", "pgmux is shutting down");
             return;
         }
@@ -343,16 +405,22 @@ impl Supervisor {
                 return;
             }
         };
+        if let Some((code, message)) = self.admin_refusal(&record.database) {
+            refuse(fd, code, &message);
+            return;
+        }
+        self.admin_login(&record, &fd);
         self.cancel_keys.insert((record.cancel_pid, record.cancel_key), record.session_id);
         self.place(pool, record, fd);
     }
 
     fn pool_for(&mut self, database: &str, user: &str) -> Option<usize> {
+        // The running configuration decides, so a database removed by a reload takes no new sessions.
+        let db = self.config.database(database)?;
         let key = (database.to_string(), user.to_string());
         if let Some(&i) = self.pool_index.get(&key) {
             return Some(i);
         }
-        let db = self.config.database(database)?;
         self.pools.push(Pool {
             database: database.to_string(),
             user: user.to_string(),
@@ -370,6 +438,13 @@ impl Supervisor {
 
     /// Give a session to a worker of its pool, starting one if the pool may grow, or let it wait.
     fn place(&mut self, pool: usize, record: SessionRecord, fd: OwnedFd) {
+        if self.admin_holds(pool) {
+            // PAUSE: new sessions wait here until RESUME.
+            if let Some(p) = self.pools.get_mut(pool) {
+                p.waiting.push_back((record, fd));
+            }
+            return;
+        }
         let Some(p) = self.pools.get(pool) else { return };
         let may_spawn = p.workers.len() < p.size && p.respawn_at.is_none_or(|t| Instant::now() >= t);
         let session_mode = p.mode == PoolMode::Session;
@@ -404,52 +479,45 @@ impl Supervisor {
     fn assign(&mut self, slot: usize, record: SessionRecord, fd: OwnedFd) {
         let id = record.session_id;
         let cancel = (record.cancel_pid, record.cancel_key);
-        let msg = Msg::Assign { record };
-        // Straight onto the channel when nothing is queued, keeping the socket meanwhile: a worker that died but is
-        // not reaped yet refuses it (peer closed), and the session then goes to another worker instead of being
-        // dropped with a worker it never reached.
-        let direct = match self.children.get(slot).and_then(|c| c.as_ref()) {
-            Some(c) if c.outbox.is_empty() => Some(c.channel.send(&msg, &[fd.as_fd()])),
-            _ => None,
+        let pool = match self.children.get(slot).and_then(|c| c.as_ref()).map(|c| c.role) {
+            Some(Role::Worker { pool, .. }) => pool,
+            _ => return,
         };
-        let sent = match direct {
-            // Our copy of the socket closes here, as the outbox's would once sent.
-            Some(Ok(())) => Ok(()),
-            Some(Err(IpcError::Closed)) => {
-                if let Msg::Assign { record } = msg {
-                    self.assign_elsewhere(slot, record, fd);
-                }
-                return;
+        // Keep a copy of the socket and of the record: if this worker dies while the session is idle, the session
+        // goes on elsewhere. Without a copy (out of descriptors) it simply is not recoverable.
+        let copy = match fd.try_clone() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("s{id}: cannot keep a copy of the client socket ({e}); it will not survive a worker crash");
+                None
             }
-            Some(Err(IpcError::WouldBlock)) | None => self.send(slot, msg, vec![fd]),
-            Some(Err(e)) => Err(e),
         };
-        match sent {
+        let kept = record.clone();
+        match self.send(slot, Msg::Assign { record }, vec![fd]) {
             Ok(()) => {
                 if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
                     c.sessions += 1;
                     debug!("s{id} -> {}", c.name);
                 }
-                self.sessions.insert(id, SessionEntry { child: slot, cancel });
+                self.sessions.insert(id, SessionEntry { child: slot, cancel, pool, record: kept, fd: copy });
             }
             Err(e) => {
+                // The worker is gone (or going): it takes nothing more, and the session tries another one.
                 warn!("s{id}: could not hand to worker: {e}");
-                self.cancel_keys.remove(&cancel);
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.workers.retain(|&w| w != slot);
+                }
+                // A moved session still has its entry naming the worker it left: drop it, so it neither counts
+                // against max_client_conn nor gets re-homed twice if that worker dies.
+                self.sessions.remove(&id);
+                match copy {
+                    Some(fd) => self.place(pool, kept, fd),
+                    None => {
+                        self.cancel_keys.remove(&cancel);
+                    }
+                }
             }
         }
-    }
-
-    /// `slot`'s worker is gone (its channel is closed; SIGCHLD has not been handled yet): it takes no more sessions,
-    /// and this one is placed on another worker of its pool.
-    fn assign_elsewhere(&mut self, slot: usize, record: SessionRecord, fd: OwnedFd) {
-        let Some(Role::Worker { pool, .. }) = self.children.get(slot).and_then(|c| c.as_ref()).map(|c| c.role) else {
-            return;
-        };
-        warn!("s{}: its worker is gone before taking it; placing it on another", record.session_id);
-        if let Some(p) = self.pools.get_mut(pool) {
-            p.workers.retain(|&w| w != slot);
-        }
-        self.place(pool, record, fd);
     }
 
     /// A worker hands back a session that waits behind its busy upstream: give it to another worker of the same
@@ -461,19 +529,23 @@ impl Supervisor {
         }
         let Some(p) = self.pools.get(pool) else { return };
         let may_spawn = p.workers.len() < p.size && p.respawn_at.is_none_or(|t| Instant::now() >= t);
+        // An idle worker (as the board says) serves the session at once; otherwise the one with fewest sessions.
         let mut target = None;
-        let mut best = u32::MAX;
+        let mut best = (false, u32::MAX);
         for &w in &p.workers {
             if w == from {
                 continue;
             }
             if let Some(c) = self.children.get(w).and_then(|c| c.as_ref()) {
-                if c.sessions < best {
-                    best = c.sessions;
+                let idle = self.board.status(w).is_some_and(|st| st.state == board::State::Idle);
+                let key = (!idle, c.sessions);
+                if key < (!best.0, best.1) {
+                    best = (idle, c.sessions);
                     target = Some(w);
                 }
             }
         }
+        let best = if best.0 { 0 } else { best.1 };
         if (target.is_none() || best > 0) && may_spawn {
             match self.spawn_worker(pool) {
                 Ok(w) => target = Some(w),
@@ -490,8 +562,10 @@ impl Supervisor {
             self.cancel_keys.remove(&e.cancel);
         }
         let mut pool = None;
+        let mut now_idle = false;
         if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
             c.sessions = c.sessions.saturating_sub(1);
+            now_idle = c.sessions == 0;
             if let Role::Worker { pool: p, .. } = c.role {
                 pool = Some(p);
             }
@@ -499,10 +573,16 @@ impl Supervisor {
         if let Some(p) = pool {
             self.drain_waiting(p);
         }
+        if now_idle && self.shutdown == Some(Shutdown::WaitForClients) {
+            self.stop_idle_workers();
+        }
     }
 
     /// Place waiting sessions while the pool can take them.
     fn drain_waiting(&mut self, pool: usize) {
+        if self.admin_holds(pool) {
+            return;
+        }
         loop {
             let Some(p) = self.pools.get_mut(pool) else { return };
             let Some((record, fd)) = p.waiting.pop_front() else { return };
@@ -526,6 +606,111 @@ impl Supervisor {
         }
     }
 
+    // ----- reload -----
+
+    /// SIGHUP (and the console's RELOAD): read the configuration and auth file again. A file that does not load
+    /// leaves everything as it was. Otherwise new listeners replace the old ones (which finish the logins they
+    /// hold), and each pool follows its new definition: a pool whose upstream (host, port, dbname, user, password),
+    /// pool mode or worker settings changed drains all its workers, so sessions move to fresh ones at their next
+    /// transaction boundary; a pool that shrank drains its surplus workers, least busy first; a pool that grew
+    /// starts workers as sessions need them. A database that is gone takes no new sessions and keeps the ones it has.
+    fn reload(&mut self) -> Result<(), String> {
+        let path = self.config.path.clone();
+        let (config, userlist) = load_files(&path)?;
+        let old = self.config.clone();
+        if config.pooler.listen_addr != old.pooler.listen_addr
+            || config.pooler.listen_port != old.pooler.listen_port
+            || config.pooler.unix_socket_dir != old.pooler.unix_socket_dir
+        {
+            warn!("reload: listen_addr, listen_port and unix_socket_dir only change with a restart");
+        }
+        self.config = Arc::new(config);
+        self.userlist = Arc::new(userlist);
+        let workers_changed = worker_view(&old.pooler) != worker_view(&self.config.pooler);
+        // Listeners: start the new generation first, then retire the old one.
+        let old_listeners: Vec<usize> = (0..self.children.len())
+            .filter(|&slot| {
+                self.children
+                    .get(slot)
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|c| matches!(c.role, Role::Listener { .. }) && !c.retiring)
+            })
+            .collect();
+        self.listener_respawn.clear();
+        for index in 1..=self.config.pooler.listeners {
+            if let Err(e) = self.spawn_listener(index) {
+                error!("reload: cannot start listener-{index}: {e}");
+                self.listener_respawn.push((index, Instant::now() + Duration::from_secs(1), MAX_BACKOFF));
+            }
+        }
+        for slot in old_listeners {
+            if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                c.retiring = true;
+            }
+            let _ = self.send(slot, Msg::Shutdown, Vec::new());
+        }
+        // Pools.
+        let mut summary = Vec::new();
+        for pool in 0..self.pools.len() {
+            let Some(p) = self.pools.get(pool) else { continue };
+            let (database, user) = (p.database.clone(), p.user.clone());
+            let before = old.database(&database).cloned();
+            let Some(db) = self.config.database(&database).cloned() else {
+                summary.push(format!("{database}/{user}: removed, no new sessions"));
+                continue;
+            };
+            let redefined = workers_changed
+                || before.as_ref().is_none_or(|b| {
+                    (&b.host, b.port, old.upstream_dbname(b, &database), &b.user, &b.password, b.pool_mode)
+                        != (
+                            &db.host,
+                            db.port,
+                            self.config.upstream_dbname(&db, &database),
+                            &db.user,
+                            &db.password,
+                            db.pool_mode,
+                        )
+                });
+            let size = db.pool_size.max(1) as usize;
+            let mut retire: Vec<usize> = Vec::new();
+            if let Some(p) = self.pools.get_mut(pool) {
+                p.mode = db.pool_mode;
+                p.size = size;
+                if redefined {
+                    retire = std::mem::take(&mut p.workers);
+                } else if p.workers.len() > size {
+                    let mut by_load: Vec<(u32, usize)> = p
+                        .workers
+                        .iter()
+                        .map(|&w| (self.children.get(w).and_then(|c| c.as_ref()).map_or(0, |c| c.sessions), w))
+                        .collect();
+                    by_load.sort();
+                    retire = by_load.iter().take(p.workers.len() - size).map(|&(_, w)| w).collect();
+                    p.workers.retain(|w| !retire.contains(w));
+                }
+            }
+            if redefined {
+                summary.push(format!("{database}/{user}: redefined, draining {} worker(s)", retire.len()));
+            } else if !retire.is_empty() {
+                summary.push(format!("{database}/{user}: pool_size {size}, draining {} worker(s)", retire.len()));
+            }
+            for slot in retire {
+                if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                    c.retiring = true;
+                    info!("reload: draining {}", c.name);
+                }
+                let _ = self.send(slot, Msg::Drain, Vec::new());
+            }
+            self.drain_waiting(pool);
+        }
+        if summary.is_empty() {
+            info!("configuration reloaded; no pool changed");
+        } else {
+            info!("configuration reloaded: {}", summary.join("; "));
+        }
+        Ok(())
+    }
+
     // ----- signals and children's deaths -----
 
     fn read_signals(&mut self) -> Option<i32> {
@@ -535,13 +720,26 @@ impl Supervisor {
                     let signo = info.ssi_signo as i32;
                     match Signal::try_from(signo) {
                         Ok(Signal::SIGCHLD) => self.reap(),
-                        Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => self.begin_shutdown(signo),
+                        Ok(Signal::SIGTERM) if self.shutdown.is_some() => {
+                            info!("SIGTERM during shutdown: exiting now");
+                            self.kill_all(Signal::SIGKILL);
+                            return Some(0);
+                        }
+                        Ok(Signal::SIGTERM) => self.begin_shutdown(Shutdown::WaitForClients),
+                        Ok(Signal::SIGINT) => self.begin_shutdown(Shutdown::WaitForServers),
                         Ok(Signal::SIGQUIT) => {
                             info!("SIGQUIT: exiting now");
                             self.kill_all(Signal::SIGKILL);
                             return Some(0);
                         }
-                        Ok(Signal::SIGHUP) => warn!("SIGHUP: configuration reload is not implemented yet"),
+                        Ok(Signal::SIGHUP) => {
+                            info!("SIGHUP: reloading the configuration");
+                            crate::sd_notify::notify("RELOADING=1");
+                            if let Err(e) = self.reload() {
+                                error!("reload failed, keeping the running configuration: {e}");
+                            }
+                            crate::sd_notify::notify("READY=1");
+                        }
                         Ok(s) => info!("ignoring {s}"),
                         Err(_) => {}
                     }
@@ -556,14 +754,29 @@ impl Supervisor {
     }
 
     fn reap(&mut self) {
+        // Collect every death first and take the dead workers out of their pools, so sessions re-homed from one
+        // of them are not handed to another that died in the same instant.
+        let mut dead = Vec::new();
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(status) => {
-                    let Some(pid) = status.pid() else { return };
-                    self.child_died(pid, status);
+                    let Some(pid) = status.pid() else { break };
+                    dead.push((pid, status));
                 }
             }
+        }
+        for (pid, _) in &dead {
+            let role = self.children.iter().flatten().find(|c| c.pid == *pid).map(|c| c.role);
+            let slot = self.children.iter().position(|c| c.as_ref().is_some_and(|c| c.pid == *pid));
+            if let (Some(Role::Worker { pool, .. }), Some(slot)) = (role, slot) {
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.workers.retain(|&w| w != slot);
+                }
+            }
+        }
+        for (pid, status) in dead {
+            self.child_died(pid, status);
         }
     }
 
@@ -571,16 +784,33 @@ impl Supervisor {
         let Some(slot) = self.children.iter().position(|c| c.as_ref().is_some_and(|c| c.pid == pid)) else {
             return;
         };
+        // What it sent before dying still counts (a draining worker hands its last sessions over and exits at once).
+        for _ in 0..16 {
+            self.read_child(slot);
+        }
+        let exposed = self.board.exposed(slot);
         let Some(child) = self.children.get_mut(slot).and_then(|c| c.take()) else { return };
+        if matches!(child.role, Role::Worker { .. }) {
+            self.board.release(slot);
+        }
         let _ = self.poll.registry().deregister(&mut SourceFd(&child.channel.as_raw_fd()));
+        self.admin_child_gone(slot, child.role);
         let how = match status {
             WaitStatus::Exited(_, code) => format!("exit code {code}"),
             WaitStatus::Signaled(_, sig, _) => format!("signal {sig}"),
             other => format!("{other:?}"),
         };
         let crashed = !matches!(status, WaitStatus::Exited(_, 0));
-        if self.shutdown_deadline.is_some() {
+        if self.shutdown.is_some() || (child.retiring && !crashed) {
             info!("{} (pid {pid}) exited: {how}", child.name);
+            if let Role::Worker { pool, .. } = child.role {
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.workers.retain(|&s| s != slot);
+                }
+                let keep_serving = self.shutdown != Some(Shutdown::WaitForServers);
+                self.rehome_sessions_of(slot, &child.name, keep_serving.then_some(exposed));
+                self.drain_waiting(pool);
+            }
             return;
         }
         if crashed {
@@ -590,6 +820,7 @@ impl Supervisor {
         }
         let quick = child.started.elapsed() < HEALTHY_AFTER;
         match child.role {
+            Role::Listener { .. } if child.retiring => {}
             Role::Listener { index } => {
                 let backoff = self.listener_backoff.entry(index).or_insert(Duration::from_millis(100));
                 let delay = if quick { *backoff } else { Duration::ZERO };
@@ -597,16 +828,6 @@ impl Supervisor {
                 self.listener_respawn.push((index, Instant::now() + delay, *backoff));
             }
             Role::Worker { pool, .. } => {
-                // Its sessions went with it.
-                let lost: Vec<u64> = self.sessions.iter().filter(|(_, e)| e.child == slot).map(|(id, _)| *id).collect();
-                for id in &lost {
-                    if let Some(e) = self.sessions.remove(id) {
-                        self.cancel_keys.remove(&e.cancel);
-                    }
-                }
-                if !lost.is_empty() {
-                    warn!("{} lost {} session(s)", child.name, lost.len());
-                }
                 if let Some(p) = self.pools.get_mut(pool) {
                     p.workers.retain(|&s| s != slot);
                     if quick && crashed {
@@ -617,22 +838,66 @@ impl Supervisor {
                         p.backoff = Duration::from_millis(100);
                     }
                 }
+                self.rehome_sessions_of(slot, &child.name, Some(exposed));
                 self.drain_waiting(pool);
             }
         }
     }
 
+    /// A worker died. Each of its sessions that was not exposed (see `board.rs`: nothing of it read or written
+    /// mid-request, its last state reported) goes on at another worker of its pool with the supervisor's copies of
+    /// its socket and record; its next request is still in the kernel. The exposed ones (the transaction in flight)
+    /// are closed: their clients see the connection end, never a silent success. `exposed` is `None` to close all
+    /// (the board could not tell, or pgmux is shutting down), `Some(None)` when the board overflowed.
+    fn rehome_sessions_of(&mut self, slot: usize, name: &str, exposed: Option<Option<Vec<u64>>>) {
+        let ids: Vec<u64> = self.sessions.iter().filter(|(_, e)| e.child == slot).map(|(id, _)| *id).collect();
+        debug!("{name}: exposed sessions per the board: {exposed:?}");
+        let (mut moved, mut lost) = (0usize, 0usize);
+        for id in ids {
+            let Some(e) = self.sessions.remove(&id) else { continue };
+            let recoverable = match &exposed {
+                Some(Some(list)) => !list.contains(&id),
+                _ => false,
+            };
+            match e.fd {
+                Some(fd) if recoverable && self.pools.get(e.pool).is_some() => {
+                    let mut record = e.record;
+                    record.moved_at_ns = 0;
+                    moved += 1;
+                    self.place(e.pool, record, fd);
+                }
+                fd => {
+                    lost += 1;
+                    info!("s{id}: closing because: its worker died while serving it ({name})");
+                    self.cancel_keys.remove(&e.cancel);
+                    if let Some(fd) = fd {
+                        // Its client may have seen half a reply: end the connection rather than add to it.
+                        let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                    }
+                }
+            }
+        }
+        if moved + lost > 0 {
+            warn!(
+                "{name}: {moved} idle session(s) moved to other workers, {lost} session(s) with a request in flight closed"
+            );
+        }
+    }
+
     fn tick(&mut self) -> Option<i32> {
-        if let Some(deadline) = self.shutdown_deadline {
-            if self.children.iter().all(|c| c.is_none()) {
+        if let Some(mode) = self.shutdown {
+            self.admin_shutdown_tick();
+            let waiting = self.pools.iter().any(|p| !p.waiting.is_empty());
+            if self.children.iter().all(|c| c.is_none()) && !waiting {
                 info!("all children have exited");
                 return Some(0);
             }
-            if Instant::now() >= deadline {
-                warn!("children did not exit in time, killing them");
-                self.kill_all(Signal::SIGKILL);
-                return Some(0);
+            if mode == Shutdown::WaitForClients {
+                for pool in 0..self.pools.len() {
+                    self.drain_waiting(pool);
+                }
             }
+            self.flush_all();
             return None;
         }
         let now = Instant::now();
@@ -650,28 +915,97 @@ impl Supervisor {
                 self.drain_waiting(pool);
             }
         }
+        self.admin_tick();
+        self.flush_all();
+        None
+    }
+
+    fn flush_all(&mut self) {
         for slot in 0..self.children.len() {
             let pending = self.children.get(slot).and_then(|c| c.as_ref()).is_some_and(|c| !c.outbox.is_empty());
             if pending {
                 self.flush_child(slot);
             }
         }
-        None
     }
 
-    fn begin_shutdown(&mut self, signo: i32) {
-        if self.shutdown_deadline.is_some() {
+    /// SIGTERM (PgBouncer's "super safe" shutdown): stop accepting, keep serving every session until its client
+    /// leaves, stop each worker once it has none. SIGINT ("safe"): stop accepting; workers let every transaction
+    /// in flight finish, then close their sessions and exit. A SIGINT during a SIGTERM shutdown escalates to it.
+    fn begin_shutdown(&mut self, mode: Shutdown) {
+        if self.shutdown == Some(Shutdown::WaitForServers) || self.shutdown == Some(mode) {
             return;
         }
-        info!("signal {signo}: shutting down");
-        self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
-        for slot in 0..self.children.len() {
-            let _ = self.send(slot, Msg::Shutdown, Vec::new());
+        match mode {
+            Shutdown::WaitForClients => info!("SIGTERM: shutting down once every client has left"),
+            Shutdown::WaitForServers => info!("SIGINT: shutting down once every transaction in flight has finished"),
         }
-        for p in &mut self.pools {
-            for (record, fd) in p.waiting.drain(..) {
-                debug!("s{}: refused, shutting down", record.session_id);
-                refuse(fd, "57P01", "pgmux is shutting down");
+        let first = self.shutdown.is_none();
+        self.shutdown = Some(mode);
+        crate::sd_notify::notify("STOPPING=1");
+        if first {
+            // Stop listening: new connections go to a sibling pooler (so_reuseport) or are refused by the kernel.
+            self.shut_listen_sockets();
+            self.listen.clear();
+            for slot in 0..self.children.len() {
+                let is_listener = self
+                    .children
+                    .get(slot)
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|c| matches!(c.role, Role::Listener { .. }));
+                if is_listener {
+                    let _ = self.send(slot, Msg::Shutdown, Vec::new());
+                }
+            }
+            self.listener_respawn.clear();
+        }
+        match mode {
+            Shutdown::WaitForClients => self.stop_idle_workers(),
+            Shutdown::WaitForServers => {
+                for slot in 0..self.children.len() {
+                    let is_worker = self
+                        .children
+                        .get(slot)
+                        .and_then(|c| c.as_ref())
+                        .is_some_and(|c| matches!(c.role, Role::Worker { .. }));
+                    if is_worker {
+                        let _ = self.send(slot, Msg::Shutdown, Vec::new());
+                    }
+                }
+                for p in &mut self.pools {
+                    for (record, fd) in p.waiting.drain(..) {
+                        debug!("s{}: refused, shutting down", record.session_id);
+                        refuse(fd, "57P01", "pgmux is shutting down");
+                    }
+                }
+            }
+        }
+    }
+
+    /// During a SIGTERM shutdown, a worker with no session left is told to exit.
+    fn stop_idle_workers(&mut self) {
+        for slot in 0..self.children.len() {
+            let idle = self
+                .children
+                .get(slot)
+                .and_then(|c| c.as_ref())
+                .is_some_and(|c| matches!(c.role, Role::Worker { .. }) && c.sessions == 0 && !c.retiring);
+            if idle {
+                if let Some(c) = self.children.get_mut(slot).and_then(|c| c.as_mut()) {
+                    c.retiring = true;
+                }
+                if let Role::Worker { pool, .. } = self
+                    .children
+                    .get(slot)
+                    .and_then(|c| c.as_ref())
+                    .map(|c| c.role)
+                    .unwrap_or(Role::Listener { index: 0 })
+                {
+                    if let Some(p) = self.pools.get_mut(pool) {
+                        p.workers.retain(|&w| w != slot);
+                    }
+                }
+                let _ = self.send(slot, Msg::Shutdown, Vec::new());
             }
         }
     }
@@ -681,6 +1015,38 @@ impl Supervisor {
             let _ = signal::kill(c.pid, sig);
         }
     }
+}
+
+/// Reads the configuration file and the auth file it names: what start-up and reload both load.
+pub fn load_files(path: &std::path::Path) -> Result<(Config, UserList), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let userlist = match &config.pooler.auth_file {
+        Some(p) => UserList::load(p).map_err(|e| e.to_string())?,
+        None => UserList::default(),
+    };
+    Ok((config, userlist))
+}
+
+/// The part of `[pooler]` that workers read: when it changes on reload, the workers are replaced. Keys only the
+/// supervisor or the listeners read are blanked out, so changing them does not drain anything.
+fn worker_view(p: &pgmux_config::Pooler) -> pgmux_config::Pooler {
+    let mut v = p.clone();
+    v.listen_addr.clear();
+    v.listen_port = 0;
+    v.unix_socket_dir = None;
+    v.listeners = 0;
+    v.auth_type = pgmux_config::AuthType::Trust;
+    v.auth_file = None;
+    v.max_client_conn = 0;
+    v.client_login_timeout = Duration::ZERO;
+    v.default_pool_size = 0;
+    v.pool_mode = pgmux_config::PoolMode::Session;
+    v.logfile = None;
+    v.pidfile = None;
+    v.admin_users.clear();
+    v.stats_users.clear();
+    v.stats_period = Duration::ZERO;
+    v
 }
 
 /// Tell a client it cannot be served, without reading anything from it. The message is pgmux's own.

@@ -186,6 +186,8 @@ pub enum ScramError {
     Random(std::io::Error),
     /// The upstream server's SCRAM messages were rejected by the client side.
     Client(std::io::Error),
+    /// The server's salt or iteration count is not the stored secret's: the secrets differ.
+    SecretMismatch,
 }
 
 impl fmt::Display for ScramError {
@@ -209,6 +211,9 @@ impl fmt::Display for ScramError {
             ScramError::OutOfOrder(what) => write!(f, "unexpected SCRAM message: {what}"),
             ScramError::Random(e) => write!(f, "could not generate SCRAM nonce: {e}"),
             ScramError::Client(e) => write!(f, "SCRAM exchange with server failed: {e}"),
+            ScramError::SecretMismatch => {
+                write!(f, "the server's SCRAM secret differs from the one in auth_file (other salt or iteration count)")
+            }
         }
     }
 }
@@ -398,10 +403,162 @@ impl ScramClient {
     }
 }
 
+/// Client side of SCRAM-SHA-256 without the password: with a user's ClientKey (learnt from that user's own SCRAM
+/// login to pgmux, see [`ScramServer::client_key`]) and the stored secret, pgmux can log in upstream as the user, as
+/// PgBouncer does when auth_file holds SCRAM secrets. The server must hold the same secret (same salt and
+/// iteration count); otherwise the exchange fails with a clear error instead of a wrong proof.
+pub struct ScramKeyClient {
+    client_key: [u8; 32],
+    secret: ScramSecret,
+    client_first_bare: String,
+    message: Vec<u8>,
+    state: KeyClientState,
+}
+
+enum KeyClientState {
+    /// The client-first-message is ready; waiting for the server-first-message.
+    First {
+        nonce: String,
+    },
+    /// The client-final-message is ready; waiting for the server's signature.
+    Final {
+        server_signature: [u8; 32],
+    },
+    Done,
+    Failed,
+}
+
+impl ScramKeyClient {
+    pub fn new(client_key: [u8; 32], secret: ScramSecret) -> Result<Self, ScramError> {
+        let mut raw = [0u8; 18];
+        random_bytes(&mut raw).map_err(ScramError::Random)?;
+        let nonce = B64.encode(raw);
+        // PostgreSQL takes the user from the startup packet; libpq sends an empty SCRAM user name too.
+        let client_first_bare = format!("n=,r={nonce}");
+        let message = format!("n,,{client_first_bare}").into_bytes();
+        Ok(ScramKeyClient { client_key, secret, client_first_bare, message, state: KeyClientState::First { nonce } })
+    }
+
+    /// The message to send next (client-first, then client-final).
+    pub fn message(&self) -> &[u8] {
+        &self.message
+    }
+
+    /// Feeds the server-first-message (AuthenticationSASLContinue data).
+    pub fn update(&mut self, server_data: &[u8]) -> Result<(), ScramError> {
+        let state = std::mem::replace(&mut self.state, KeyClientState::Failed);
+        let KeyClientState::First { nonce } = state else {
+            return Err(ScramError::OutOfOrder("server-first-message twice"));
+        };
+        let server_first =
+            std::str::from_utf8(server_data).map_err(|_| ScramError::Malformed("server-first-message is not UTF-8"))?;
+        let mut attrs = server_first.split(',');
+        let full_nonce =
+            attrs.next().and_then(|a| a.strip_prefix("r=")).ok_or(ScramError::Malformed("expected server nonce"))?;
+        let salt = attrs.next().and_then(|a| a.strip_prefix("s=")).ok_or(ScramError::Malformed("expected salt"))?;
+        let iterations = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("i="))
+            .and_then(|i| i.parse::<u32>().ok())
+            .ok_or(ScramError::Malformed("expected iteration count"))?;
+        if !full_nonce.starts_with(&nonce) || full_nonce.len() == nonce.len() || !is_nonce(full_nonce) {
+            return Err(ScramError::NonceMismatch);
+        }
+        if B64.decode(salt).ok().as_deref() != Some(self.secret.salt.as_slice()) || iterations != self.secret.iterations
+        {
+            return Err(ScramError::SecretMismatch);
+        }
+        let without_proof = format!("c=biws,r={full_nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let signature = hmac_sha256(&self.secret.stored_key, &[auth_message.as_bytes()]);
+        let mut proof = self.client_key;
+        for (p, s) in proof.iter_mut().zip(signature) {
+            *p ^= s;
+        }
+        self.message = format!("{without_proof},p={}", B64.encode(proof)).into_bytes();
+        let server_signature = hmac_sha256(&self.secret.server_key, &[auth_message.as_bytes()]);
+        self.state = KeyClientState::Final { server_signature };
+        Ok(())
+    }
+
+    /// Feeds the server-final-message (AuthenticationSASLFinal data) and checks the server's signature.
+    pub fn finish(&mut self, server_data: &[u8]) -> Result<(), ScramError> {
+        let state = std::mem::replace(&mut self.state, KeyClientState::Failed);
+        let KeyClientState::Final { server_signature } = state else {
+            return Err(ScramError::OutOfOrder("server-final-message before server-first-message"));
+        };
+        let text =
+            std::str::from_utf8(server_data).map_err(|_| ScramError::Malformed("server-final-message is not UTF-8"))?;
+        let v = text.split(',').find_map(|a| a.strip_prefix("v=")).ok_or(ScramError::Malformed("expected verifier"))?;
+        let got: [u8; 32] = B64
+            .decode(v)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(ScramError::Malformed("server signature is not 32 bytes of base64"))?;
+        if !ct_eq(&got, &server_signature) {
+            return Err(ScramError::InvalidProof);
+        }
+        self.state = KeyClientState::Done;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::XorShift;
+
+    /// A ClientKey learnt from a password login to pgmux's ScramServer logs in to another server holding the same
+    /// secret, and is refused by one holding a different secret.
+    #[test]
+    fn key_client_logs_in_with_a_learnt_client_key() {
+        let secret = ScramSecret::from_password("pw", b"0123456789abcdef", 4096);
+        // A client logs in to pgmux with its password.
+        let mut pgmux_side = ScramServer::new(secret.clone());
+        let mut client = ScramClient::new(b"pw");
+        let first = pgmux_side.client_first(client.message()).unwrap();
+        client.update(&first).unwrap();
+        let fin = pgmux_side.client_final(client.message()).unwrap();
+        client.finish(&fin).unwrap();
+        let key = pgmux_side.client_key().unwrap();
+        // pgmux logs in upstream with the key.
+        let mut upstream = ScramServer::new(secret.clone());
+        let mut k = ScramKeyClient::new(key, secret.clone()).unwrap();
+        let first = upstream.client_first(k.message()).unwrap();
+        k.update(&first).unwrap();
+        let fin = upstream.client_final(k.message()).unwrap();
+        k.finish(&fin).unwrap();
+        // Wrong key: the server refuses the proof.
+        let mut upstream = ScramServer::new(secret.clone());
+        let mut bad = ScramKeyClient::new([7u8; 32], secret.clone()).unwrap();
+        let first = upstream.client_first(bad.message()).unwrap();
+        bad.update(&first).unwrap();
+        assert!(matches!(upstream.client_final(bad.message()), Err(ScramError::InvalidProof)));
+        // The server holds a different secret (another salt): said before any proof is sent.
+        let other = ScramSecret::from_password("pw", b"fedcba9876543210", 4096);
+        let mut upstream = ScramServer::new(other);
+        let mut k = ScramKeyClient::new(key, secret.clone()).unwrap();
+        let first = upstream.client_first(k.message()).unwrap();
+        assert!(matches!(k.update(&first), Err(ScramError::SecretMismatch)));
+        // A forged server signature is caught.
+        let mut upstream = ScramServer::new(secret.clone());
+        let mut k = ScramKeyClient::new(key, secret).unwrap();
+        let first = upstream.client_first(k.message()).unwrap();
+        k.update(&first).unwrap();
+        upstream.client_final(k.message()).unwrap();
+        assert!(matches!(k.finish(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="), Err(ScramError::InvalidProof)));
+    }
+
+    #[test]
+    fn key_client_rejects_bad_server_messages() {
+        let secret = ScramSecret::from_password("pw", b"0123456789abcdef", 4096);
+        for bad in [&b""[..], b"r=", b"x=1,s=AA==,i=1", b"r=zzz,s=AA==,i=4096", b"\xff\xfe", b"r=abc"] {
+            let mut k = ScramKeyClient::new([1u8; 32], secret.clone()).unwrap();
+            assert!(k.update(bad).is_err(), "{bad:?}");
+        }
+        let mut k = ScramKeyClient::new([1u8; 32], secret).unwrap();
+        assert!(k.finish(b"v=AA==").is_err(), "final before first");
+    }
 
     #[test]
     fn random_bytes_fills() {

@@ -48,6 +48,10 @@ pub fn error_response(out: &mut Vec<u8>, severity: &str, code: &str, message_tex
     error_response_full(out, &simple_fields(severity, code, message_text));
 }
 
+pub fn notice_response_full(out: &mut Vec<u8>, fields: &ErrorFields) {
+    message(out, b'N', |b| put_fields(b, fields));
+}
+
 pub fn notice_response(out: &mut Vec<u8>, severity: &str, code: &str, message_text: &str) {
     let f = simple_fields(severity, code, message_text);
     message(out, b'N', |b| put_fields(b, &f));
@@ -146,6 +150,62 @@ pub fn no_data(out: &mut Vec<u8>) {
 
 pub fn command_complete(out: &mut Vec<u8>, tag: &str) {
     message(out, b'C', |b| put_cstr(b, tag.as_bytes()));
+}
+
+/// Type OIDs of the columns pgmux describes itself (the admin console's result sets).
+pub const TEXT_OID: u32 = 25;
+pub const INT4_OID: u32 = 23;
+pub const INT8_OID: u32 = 20;
+pub const NUMERIC_OID: u32 = 1700;
+
+/// One column of a RowDescription pgmux builds: every field but name and type is "not from a table", text format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column<'a> {
+    pub name: &'a str,
+    pub type_oid: u32,
+}
+
+impl Column<'_> {
+    /// The type's length as PostgreSQL reports it: fixed for the integers, -1 (variable) otherwise.
+    fn type_len(&self) -> i16 {
+        match self.type_oid {
+            INT4_OID => 4,
+            INT8_OID => 8,
+            _ => -1,
+        }
+    }
+}
+
+pub fn row_description(out: &mut Vec<u8>, columns: &[Column<'_>]) {
+    message(out, b'T', |b| {
+        b.extend_from_slice(&u16::try_from(columns.len()).unwrap_or(u16::MAX).to_be_bytes());
+        for c in columns {
+            put_cstr(b, c.name.as_bytes());
+            put_u32(b, 0); // table oid
+            b.extend_from_slice(&0u16.to_be_bytes()); // column number
+            put_u32(b, c.type_oid);
+            b.extend_from_slice(&c.type_len().to_be_bytes());
+            put_u32(b, u32::MAX); // type modifier -1
+            b.extend_from_slice(&0u16.to_be_bytes()); // text format
+        }
+    });
+}
+
+/// A DataRow of text values; `None` is SQL NULL.
+pub fn data_row<S: AsRef<str>>(out: &mut Vec<u8>, values: &[Option<S>]) {
+    message(out, b'D', |b| {
+        b.extend_from_slice(&u16::try_from(values.len()).unwrap_or(u16::MAX).to_be_bytes());
+        for v in values {
+            match v {
+                Some(v) => {
+                    let v = v.as_ref().as_bytes();
+                    put_u32(b, u32::try_from(v.len()).unwrap_or(u32::MAX));
+                    b.extend_from_slice(v);
+                }
+                None => put_u32(b, u32::MAX),
+            }
+        }
+    });
 }
 
 pub fn empty_query_response(out: &mut Vec<u8>) {
@@ -349,6 +409,18 @@ mod tests {
         parse_complete(&mut out);
         bind_complete(&mut out);
         assert_eq!(out, b"1\0\0\0\x042\0\0\0\x04");
+    }
+
+    #[test]
+    fn result_set_messages() {
+        let cols = [Column { name: "a", type_oid: TEXT_OID }, Column { name: "n", type_oid: INT8_OID }];
+        assert_eq!(
+            enc(|o| row_description(o, &cols)),
+            b"T\0\0\0\x2e\0\x02a\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0\
+              n\0\0\0\0\0\0\0\0\0\0\x14\0\x08\xff\xff\xff\xff\0\0"
+        );
+        assert_eq!(enc(|o| data_row(o, &[Some("x"), None])), b"D\0\0\0\x0f\0\x02\0\0\0\x01x\xff\xff\xff\xff");
+        assert_eq!(enc(|o| data_row::<&str>(o, &[])), b"D\0\0\0\x06\0\0");
     }
 
     #[test]

@@ -229,6 +229,28 @@ pub fn unpins(sql: &str) -> u8 {
     pin::unpins(sql)
 }
 
+/// The text to put in place of `sql[span]`, an identifier token that
+/// [`statements`] reported, so that it names `name` instead: `name` itself
+/// (a plain lower-case identifier such as pgmux's `pgmuxq_1_2_3`), with a
+/// space on each side where the neighbouring byte would otherwise run into
+/// it. A quoted name needs no whitespace around it (`EXECUTE"a"(1)`,
+/// `PREPARE"a"AS ...`), but a bare one there would merge with its
+/// neighbours into one word and change the statement.
+pub fn ident_replacement(sql: &str, span: Range<usize>, name: &str) -> String {
+    let b = sql.as_bytes();
+    let before = span.start.checked_sub(1).and_then(|i| b.get(i)).is_some_and(|&c| is_ident_cont(c));
+    let after = b.get(span.end).is_some_and(|&c| is_ident_cont(c));
+    let mut out = String::with_capacity(name.len() + 2);
+    if before {
+        out.push(' ');
+    }
+    out.push_str(name);
+    if after {
+        out.push(' ');
+    }
+    out
+}
+
 /// Quotes `s` as an identifier: always in double quotes, so that the value
 /// is taken exactly (case kept, keywords allowed), with `"` doubled.
 pub fn quote_ident(s: &str) -> String {

@@ -367,3 +367,18 @@ fn line_col_handles_edges() {
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
     assert_eq!(line_col("é\n", 1), (1, 1));
 }
+
+#[test]
+fn admin_and_stats_users() {
+    let c = parse("[pooler]\nadmin_users = \"admin, ops ,admin\"\nstats_users = [\"mon\", \"a,b\"]\nstats_period = 15\n[databases.x]\nhost = \"h\"\n")
+        .unwrap();
+    assert_eq!(c.pooler.admin_users, vec!["admin", "ops"]);
+    assert_eq!(c.pooler.stats_users, vec!["mon", "a", "b"]);
+    assert_eq!(c.pooler.stats_period, Duration::from_secs(15));
+    let d = parse("[pooler]\nadmin_users = \"\"\n[databases.x]\nhost = \"h\"\n").unwrap();
+    assert!(d.pooler.admin_users.is_empty());
+    assert_eq!(d.pooler.stats_period, Duration::from_secs(60));
+    assert_err(&pooler_err("admin_users = \"a,,b\""), "pooler.admin_users", "empty user name");
+    assert_err(&pooler_err("stats_users = 3"), "pooler.stats_users", "wrong type");
+    assert_err(&pooler_err("stats_period = 0"), "pooler.stats_period", "invalid value");
+}

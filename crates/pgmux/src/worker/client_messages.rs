@@ -88,6 +88,9 @@ impl Worker {
         if let Some(up) = self.upstream.as_mut() {
             up.outbuf.extend_from_slice(msg);
         }
+        if tag == b'P' {
+            self.stats.server_parse();
+        }
         self.replies.push(Owner::Session(id), tag, Disposition::Forward);
     }
 
@@ -125,6 +128,7 @@ impl Worker {
                 up.stmts.unnamed = Some(def);
                 if renamed.is_some() {
                     wire::parse(&mut up.outbuf, "", query, &p.param_types);
+                    self.stats.server_parse();
                     self.replies.push(Owner::Session(id), b'P', Disposition::Forward);
                     return;
                 }
@@ -152,6 +156,7 @@ impl Worker {
         } else {
             let uname = up.stmts.insert(def.clone(), ctx.clone(), turn);
             wire::parse(&mut up.outbuf, &uname, query, &p.param_types);
+            self.stats.server_parse();
             let victims = up.stmts.evict(turn);
             let action = self.new_parse_slot(ParseSlot {
                 def: def.clone(),
@@ -164,6 +169,7 @@ impl Worker {
         }
         if let Some(s) = self.session(idx) {
             s.prepared.insert(name.into(), def);
+            s.touch();
         }
     }
 
@@ -187,6 +193,7 @@ impl Worker {
                         let rest = text.get(name.span.end..st.span.end).unwrap_or_default().to_string();
                         let p = SqlPrepared { upstream_name: uname.clone(), rest, generation };
                         s.sql_prepared.insert(client, p);
+                        s.touch();
                         uname
                     }
                 };
@@ -206,14 +213,16 @@ impl Worker {
             }
             SqlKind::Deallocate { name: Some(name) } => {
                 let client = name.value.to_string();
-                let p = self.session(idx)?.sql_prepared.remove(&client)?;
+                let s = self.session(idx)?;
+                let p = s.sql_prepared.remove(&client)?;
+                s.touch();
                 (name.span.clone(), p.upstream_name)
             }
             _ => return None,
         };
         let mut out = String::with_capacity(text.len() + 32);
         out.push_str(text.get(..span.start)?);
-        out.push_str(&uname);
+        out.push_str(&sql::ident_replacement(text, span.clone(), &uname));
         out.push_str(text.get(span.end..)?);
         Some(out)
     }
@@ -269,6 +278,7 @@ impl Worker {
         }
         let uname = up.stmts.insert(def.clone(), ctx.clone(), turn);
         wire::parse(&mut up.outbuf, &uname, &def.query, &def.param_types);
+        self.stats.server_parse();
         let victims = up.stmts.evict(turn);
         let action =
             self.new_parse_slot(ParseSlot { def: def.clone(), ctx, created: Some(uname.clone()), session: None });
@@ -285,6 +295,7 @@ impl Worker {
             return;
         }
         wire::parse(&mut up.outbuf, "", &mine.query, &mine.param_types);
+        self.stats.server_parse();
         up.stmts.unnamed = Some(mine);
         self.replies.push(Owner::Session(id), b'P', Disposition::HideOk);
     }
@@ -332,6 +343,7 @@ impl Worker {
             // Only the session's name goes; the upstream statement may serve other sessions.
             if let Some(s) = self.session(idx) {
                 s.prepared.remove(name);
+                s.touch();
             }
             let mut reply = Vec::new();
             be::close_complete(&mut reply);
@@ -552,6 +564,7 @@ impl Worker {
         match action {
             PlanAction::DeallocateAll { discard } => {
                 if let Some(s) = session {
+                    s.touch();
                     s.prepared.clear();
                     s.sql_prepared.clear();
                     s.unnamed = None;
@@ -566,21 +579,25 @@ impl Worker {
             PlanAction::AddSql(name, p) => {
                 if let Some(s) = session {
                     s.sql_prepared.insert(name, p);
+                    s.touch();
                 }
             }
             PlanAction::RemoveSql(name) => {
                 if let Some(s) = session {
                     s.sql_prepared.remove(&name);
+                    s.touch();
                 }
             }
             PlanAction::RemoveProtocol(name) => {
                 if let Some(s) = session {
                     s.prepared.remove(name.as_str());
+                    s.touch();
                 }
             }
             PlanAction::Listen(channel) => {
                 if let Some(s) = session {
                     s.listens.insert(channel);
+                    s.touch();
                 }
                 self.listen_sync = true;
             }
@@ -589,8 +606,12 @@ impl Worker {
                     match channel {
                         Some(c) => {
                             s.listens.remove(&c);
+                            s.touch();
                         }
-                        None => s.listens.clear(),
+                        None => {
+                            s.listens.clear();
+                            s.touch();
+                        }
                     }
                 }
                 self.listen_sync = true;
@@ -618,6 +639,7 @@ impl Worker {
         if let Some(s) = self.by_id.get(&id).copied().and_then(|i| self.session(i)) {
             s.prepared.clear();
             s.sql_prepared.clear();
+            s.touch();
             s.unnamed = None;
         }
         // Settings are left alone here: DISCARD ALL also marks the session's settings for a read-back, which
@@ -639,6 +661,7 @@ impl Worker {
             if let Some(s) = self.by_id.get(&session_id).copied().and_then(|i| self.session(i)) {
                 if s.prepared.get(&*name).is_some_and(|d| Rc::ptr_eq(d, &p.def)) {
                     s.prepared.remove(&*name);
+                    s.touch();
                 }
             }
         }
@@ -686,7 +709,7 @@ fn rewrite(
             }
             if r.start >= pos {
                 out.push_str(text.get(pos..r.start).unwrap_or_default());
-                out.push_str(replacement);
+                out.push_str(&sql::ident_replacement(text, r.clone(), replacement));
                 pos = r.end;
             }
             edit_iter.next();
@@ -727,6 +750,24 @@ mod tests {
         assert_eq!(out, "PREPARE pgmuxq_1_1 AS SELECT 1; PREPARE x AS SELECT 2;\nEXECUTE pgmuxq_1_1; SELECT 'foo'");
         assert_eq!(hidden, vec![1]);
         assert_eq!(mapping, vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn rewrite_keeps_a_renamed_name_apart_from_its_neighbours() {
+        // Valid SQL with no whitespace around a quoted name; a bare replacement would merge into `EXECUTEpgmuxq_1`.
+        let text = "PREPARE\"a\"AS SELECT 1;EXECUTE\"a\"";
+        let stmts = sql::statements(text);
+        let edits: Vec<(Range<usize>, String)> = stmts
+            .iter()
+            .filter_map(|s| match &s.kind {
+                SqlKind::Prepare { name, .. } | SqlKind::Execute { name } => {
+                    Some((name.span.clone(), "pgmuxq_1".into()))
+                }
+                _ => None,
+            })
+            .collect();
+        let (out, _) = rewrite(text, &stmts, &edits, &[], &mut Vec::new());
+        assert_eq!(out, "PREPARE pgmuxq_1 AS SELECT 1;EXECUTE pgmuxq_1");
     }
 
     #[test]

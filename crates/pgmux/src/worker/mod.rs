@@ -16,9 +16,11 @@ mod replies;
 mod session;
 mod settings;
 mod statements;
+mod stats;
 mod upstream;
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ use pgmux_config::{Config, PoolMode, Secret, UserList};
 use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 use pgmux_proto::{backend as be, frame, frontend as fe};
 
+use crate::board::{self, Board};
 use crate::net::{Conn, ReadOutcome};
 use replies::{Action, Disposition, Owner, Replies};
 use session::Session;
@@ -52,9 +55,11 @@ const MAX_REWRITTEN_MESSAGE: usize = 64 * 1024 * 1024;
 const MAX_BUFFERED_BACKEND: u32 = 16 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(100);
 /// A session waiting while the upstream's owner sits idle inside a transaction this long moves to another worker.
-const MIGRATE_AFTER: Duration = Duration::from_millis(20);
+const MIGRATE_AFTER: Duration = Duration::from_millis(10);
 /// A session that just arrived stays at least this long before it may move again (no ping-pong).
-const MIGRATE_COOLDOWN: Duration = Duration::from_millis(100);
+const MIGRATE_COOLDOWN: Duration = Duration::from_millis(50);
+/// While the owner's turn runs long and no sibling is idle, look at the board again this often.
+const BUSY_RECHECK: Duration = Duration::from_millis(10);
 /// Record flag: the session moved here from another worker; it has been greeted already.
 pub const FLAG_MIGRATED: u32 = 1;
 
@@ -68,6 +73,11 @@ pub struct WorkerContext {
     pub userlist: Arc<UserList>,
     pub channel: Channel,
     pub parent: Pid,
+    /// The shared status board and this worker's entry in it (its child slot in the supervisor).
+    pub board: Rc<Board>,
+    pub board_slot: usize,
+    /// The supervisor's index of this worker's pool, as the board names pools.
+    pub pool: usize,
 }
 
 /// Why pgmux sent a query or Sync of its own; popped when its ReadyForQuery arrives.
@@ -158,6 +168,21 @@ struct Worker {
     listen_sync: bool,
     /// Moving every session to other workers, then exiting (server_lifetime).
     draining: bool,
+    /// When the current owner's turn began: a turn that runs long (a slow query) sends waiting sessions to idle
+    /// siblings.
+    turn_started: Instant,
+    /// Earliest time to look at the board again for idle siblings.
+    busy_check_at: Instant,
+    pool_size: usize,
+    /// Sessions that may be exposed besides the owner (output not yet written, input not yet acted on, a state
+    /// report not yet sent); `publish` prunes it.
+    watch: Vec<usize>,
+    /// Scratch buffer for `publish`.
+    exposed_ids: Vec<u64>,
+    /// The owner's socket has been read from (or written to) during its turn: it is exposed.
+    owner_exposed: bool,
+    /// Counters and console state for the admin console (`stats`).
+    stats: stats::Stats,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -180,6 +205,10 @@ impl Worker {
             (Some(p), _) => Credential::Plain(p.clone()),
             (None, Some(Secret::Plain(p))) => Credential::Plain(p.clone()),
             (None, Some(Secret::Md5(h))) => Credential::Md5(h.clone()),
+            (None, Some(Secret::Scram(text))) => match pgmux_proto::auth::ScramSecret::parse(text) {
+                Some(secret) => Credential::Scram { secret, client_key: None },
+                None => Credential::None,
+            },
             _ => Credential::None,
         };
         let dbname = config.upstream_dbname(db, &ctx.database).to_string();
@@ -230,6 +259,13 @@ impl Worker {
             settings_probe: settings_probe(&login_user),
             listen_sync: false,
             draining: false,
+            turn_started: Instant::now(),
+            busy_check_at: Instant::now(),
+            pool_size: db.pool_size as usize,
+            watch: Vec::new(),
+            exposed_ids: Vec::new(),
+            owner_exposed: false,
+            stats: stats::Stats::default(),
         })
     }
 
@@ -287,7 +323,9 @@ impl Worker {
                 next_tick = Instant::now() + TICK;
                 self.janitor();
             }
+            self.publish();
         }
+        self.send_final_report();
         if let Some(mut up) = self.upstream.take() {
             let mut out = Vec::new();
             fe::terminate(&mut out);
@@ -328,7 +366,12 @@ impl Worker {
                 info!("shutdown requested");
                 self.shutting_down = true;
             }
-            other => warn!("unexpected message {} from supervisor", other.name()),
+            Msg::Drain => self.begin_drain("the pool was reconfigured"),
+            other => {
+                if !self.on_admin_message(&other) {
+                    warn!("unexpected message {} from supervisor", other.name())
+                }
+            }
         }
     }
 
@@ -356,6 +399,12 @@ impl Worker {
             }
         };
         conn.set_nodelay();
+        // A SCRAM secret alone cannot log in upstream; a client's ClientKey (from its own SCRAM login) can.
+        if let Credential::Scram { client_key: client_key @ None, .. } = &mut self.credential {
+            if let Ok(key) = <[u8; 32]>::try_from(record.scram_client_key.as_slice()) {
+                *client_key = Some(key);
+            }
+        }
         if let Err(msg) = self.ensure_upstream() {
             let mut out = Vec::new();
             be::error_response(&mut out, "FATAL", "08006", &msg);
@@ -373,6 +422,8 @@ impl Worker {
                 debug!("{}: moved here in {} us", s.label, monotonic_ns().saturating_sub(moved_at) / 1000);
             }
             s.restore_from_record();
+            // The supervisor's copy of the record is this one.
+            s.reported_epoch = s.state_epoch;
             if !s.listens.is_empty() {
                 self.listen_sync = true;
             }
@@ -385,6 +436,9 @@ impl Worker {
         if migrated {
             s.readable = true;
         }
+        // The supervisor's copy of the record carries these bytes until this worker says they are consumed: report
+        // at the end of the first turn here.
+        s.report_after_turn = !pending.is_empty();
         s.inbuf = pending;
         let idx = match self.free.pop() {
             Some(i) => i,
@@ -406,9 +460,6 @@ impl Worker {
         }
         debug!("{}: assigned", s.label);
         self.by_id.insert(s.id, idx);
-        if let Err(e) = s.flush() {
-            debug!("{}: greeting failed: {e}", s.label);
-        }
         if has_pending {
             s.queued = true;
             s.queued_at = Instant::now();
@@ -417,6 +468,52 @@ impl Worker {
         if let Some(slot) = self.sessions.get_mut(idx) {
             *slot = Some(s);
         }
+        // Exposed (published) before the greeting is written: a worker that dies halfway through it must not leave
+        // the session to be greeted twice.
+        self.watch.push(idx);
+        self.publish();
+        let Some(s) = self.session(idx) else { return };
+        if let Err(e) = s.flush() {
+            debug!("{}: greeting failed: {e}", s.label);
+        }
+        if !migrated {
+            // Greeted: from now on the supervisor's record says so (and still carries the unread bytes, if any).
+            self.report_state(idx, true);
+        }
+    }
+
+    /// Tell the supervisor the session's state if it changed since it last heard (or `force`), so it can re-home the
+    /// session should this worker die. Sent between transactions only. The record carries unread input only when
+    /// `force`d at the greeting; otherwise input has been consumed (or the session is exposed, see `board.rs`).
+    fn report_state(&mut self, idx: usize, with_input: bool) {
+        let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) else { return };
+        if !with_input && s.state_epoch == s.reported_epoch && !s.report_after_turn {
+            return;
+        }
+        let mut record = s.to_record();
+        if !with_input {
+            record.pending_input.clear();
+            s.report_after_turn = false;
+        }
+        s.reported_epoch = s.state_epoch;
+        let id = s.id;
+        match self.outbox.send(&self.ctx.channel, &Msg::SessionState { record }, Vec::new()) {
+            Ok(()) => {
+                if !self.outbox.is_empty() {
+                    if let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) {
+                        s.report_unsent = true;
+                    }
+                }
+            }
+            Err(e) => {
+                // Too big for one message, or the channel is gone: the supervisor's copy is stale for good.
+                debug!("s{id}: state report failed ({e}); the session cannot be recovered if this worker dies");
+                if let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) {
+                    s.unrecoverable = true;
+                }
+            }
+        }
+        self.watch.push(idx);
     }
 
     /// AuthenticationOk, the server's parameters as this session will see them, its cancel key, ReadyForQuery.
@@ -431,6 +528,12 @@ impl Worker {
         }
         be::backend_key_data(&mut s.out, s.record.cancel_pid, s.record.cancel_key);
         be::ready_for_query(&mut s.out, b'I');
+    }
+
+    /// "S-0x7: appdb/alice@127.0.0.1:5432" as PgBouncer names server connections; the worker index plays the
+    /// pointer's part.
+    fn server_label(&self) -> String {
+        format!("S-0x{:x}: {}/{}@{}", self.ctx.index, self.ctx.database, self.login_user, self.addr)
     }
 
     fn session(&mut self, idx: usize) -> Option<&mut Session> {
@@ -490,7 +593,17 @@ impl Worker {
                 }
             }
         }
-        debug!("{}: closing: {reason}", s.label);
+        if error.is_none() {
+            // The supervisor holds a copy of the socket: closing ours alone would not end the connection.
+            s.conn.shutdown_write();
+        }
+        // PgBouncer's wording for the common reasons, so existing log alerts keep matching.
+        let why = match reason {
+            "client sent Terminate" => "client close request",
+            "client closed the connection" => "client unexpected eof",
+            other => other,
+        };
+        info!("{} closing because: {why} (age={}s)", s.label, s.arrived.elapsed().as_secs());
         self.send_supervisor(Msg::SessionClosed { session_id: s.id });
         if !s.listens.is_empty() {
             self.listen_sync = true;
@@ -601,7 +714,13 @@ impl Worker {
                 {
                     return Err(format!("pgmux: cannot watch server connection: {e}"));
                 }
-                info!("new server connection to {} (backend pid {})", self.addr, up.backend_pid);
+                let local = socket2::SockRef::from(&up.conn)
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map_or_else(|| "unix socket".to_string(), |a| a.to_string());
+                info!("{} new connection to server (from {local})", self.server_label());
+                debug!("new server connection to {} (backend pid {})", self.addr, up.backend_pid);
                 self.upstream = Some(up);
                 self.retry_at = None;
                 self.retry_delay = Duration::from_millis(250);
@@ -623,7 +742,13 @@ impl Worker {
     /// Forget the upstream; the session that owned it (if any) loses its connection as it would with PostgreSQL.
     fn drop_upstream(&mut self, reason: &str) {
         let Some(up) = self.upstream.take() else { return };
-        warn!("closing server connection (backend pid {}): {reason}", up.backend_pid);
+        warn!(
+            "{} closing because: {reason} (age={}s, backend pid {})",
+            self.server_label(),
+            up.connected_at.elapsed().as_secs(),
+            up.backend_pid
+        );
+        self.stats.upstream_lost();
         let _ = self.poll.registry().deregister(&mut SourceFd(&up.conn.raw_fd()));
         drop(up);
         self.replies = Replies::new();
@@ -812,6 +937,9 @@ impl Worker {
                     if let (Ok(status), Some(up)) = (be::parse_ready_for_query(body), self.upstream.as_mut()) {
                         up.txn_status = status;
                         up.copy_in = false;
+                        if matches!(route.owner, Some(Owner::Session(_))) && route.disposition != Disposition::Swallow {
+                            self.stats.ready_for_query(status);
+                        }
                     }
                 }
                 b'G' => {
@@ -933,7 +1061,10 @@ impl Worker {
         };
         if let Some(s) = idx.and_then(|i| self.session(i)) {
             s.out.extend_from_slice(bytes);
+        } else {
+            return;
         }
+        self.stats.sent_to_client(bytes.len());
     }
 
     /// Fan a NotificationResponse out to this worker's sessions that listen to its channel.
@@ -944,9 +1075,14 @@ impl Worker {
         let targets: Vec<usize> = (0..self.sessions.len())
             .filter(|&i| self.sessions.get(i).and_then(|s| s.as_ref()).is_some_and(|s| s.listens.contains(channel)))
             .collect();
-        for idx in targets {
+        for &idx in &targets {
             let Some(s) = self.session(idx) else { continue };
             s.out.extend_from_slice(msg);
+            self.watch.push(idx);
+        }
+        self.publish();
+        for idx in targets {
+            let Some(s) = self.session(idx) else { continue };
             if let Err(e) = s.flush() {
                 self.close_session(idx, &format!("client write failed: {e}"), None);
             }
@@ -1022,6 +1158,11 @@ impl Worker {
             // Its settings are being applied or read back; its request waits in the kernel until that is done.
             return false;
         }
+        if !self.owner_exposed {
+            // Exposed before a byte of its request is read (see `board.rs`).
+            self.owner_exposed = true;
+            self.publish();
+        }
         let mut progress = false;
         // Bytes the listener read after the startup packet, or a partial message from this session's last turn.
         if self.session(idx).is_some_and(|s| !s.inbuf.is_empty()) && !self.forward_client_input(idx) {
@@ -1083,6 +1224,7 @@ impl Worker {
                 up.outbuf.extend_from_slice(inbuf.get(pos..pos + n).unwrap_or_default());
                 s.passthrough -= n;
                 pos += n;
+                self.stats.client_bytes(n);
                 continue;
             }
             let rest = inbuf.get(pos..).unwrap_or_default();
@@ -1118,6 +1260,7 @@ impl Worker {
                 s.turn_sent = true;
                 s.turn_start = up.sent_total + (up.outbuf.len() - up.out_pos) as u64;
             }
+            self.stats.client_message(h.tag, total.min(avail));
             if avail >= total {
                 let msg = rest.get(..total).unwrap_or_default();
                 if rewrite {
@@ -1238,7 +1381,15 @@ impl Worker {
             _ => {}
         }
         log::trace!("{}: turn ends (readable={})", s.label, s.readable);
+        self.report_state(idx, false);
+        if self.session(idx).is_some_and(|s| s.pending_out() > 0 || !s.inbuf.is_empty()) {
+            self.watch.push(idx);
+        }
         self.owner = None;
+        // The client has (or is being sent) its whole reply: say at once that it is idle again, so a crash from
+        // here on does not cost it its connection.
+        self.publish();
+        let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
         let readable = s.readable;
         if readable {
             if let Some(s) = self.session(idx) {
@@ -1257,7 +1408,7 @@ impl Worker {
                 return progress;
             }
             if self.upstream.is_none() {
-                if self.queue.is_empty() || self.shutting_down {
+                if self.queue.is_empty() || self.shutting_down || self.stats.paused {
                     return progress;
                 }
                 if let Err(msg) = self.ensure_upstream() {
@@ -1314,7 +1465,12 @@ impl Worker {
                 self.send_job_query(&sql, Job::Cleanup);
                 return true;
             }
-            if self.shutting_down {
+            if let Some(why) = self.close_due() {
+                self.drop_upstream(why);
+                progress = true;
+                continue;
+            }
+            if self.shutting_down || self.stats.paused {
                 return progress;
             }
             let Some(idx) = self.queue.pop_front() else { return progress };
@@ -1331,7 +1487,13 @@ impl Worker {
     fn begin_turn(&mut self, idx: usize) {
         self.owner = Some(idx);
         self.owner_active_at = Instant::now();
+        self.turn_started = self.owner_active_at;
+        // Not exposed yet: pgmux may first apply its settings; `read_owner` publishes it before reading.
+        self.owner_exposed = false;
         self.turn += 1;
+        if let Some(queued_at) = self.sessions.get(idx).and_then(|s| s.as_ref()).map(|s| s.queued_at) {
+            self.stats.turn_began(queued_at);
+        }
         if log::log_enabled!(log::Level::Trace) {
             if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
                 log::trace!("{}: turn {} begins", s.label, self.turn);
@@ -1361,38 +1523,114 @@ impl Worker {
 
     // ----- moving waiting sessions to other workers -----
 
-    /// When waiting sessions should move: the owner has left the upstream idle inside a transaction.
-    fn migration_due_at(&self) -> Option<Instant> {
+    /// Why waiting sessions should move, and when.
+    fn migration_due(&self) -> Option<(Instant, Blocked)> {
         if !self.can_migrate || self.queue.is_empty() || self.owner.is_none() || self.shutting_down {
             return None;
         }
         let up = self.upstream.as_ref()?;
         if !self.replies.is_empty() || !self.jobs.is_empty() {
-            return None; // the upstream is working; waiting is fair
+            // The upstream is working for the owner. Waiting is fair while every sibling is busy too; a turn that
+            // runs long (a slow query, a big COPY) must not keep sessions here while a sibling sits idle.
+            return Some((self.busy_check_at.max(self.turn_started + MIGRATE_AFTER), Blocked::SlowTurn));
         }
         let pinned =
             self.owner.and_then(|o| self.sessions.get(o)).and_then(|s| s.as_ref()).is_some_and(|s| s.pins != 0);
         if up.txn_status == b'I' && !pinned {
             return None;
         }
-        Some(self.owner_active_at + MIGRATE_AFTER)
+        Some((self.owner_active_at + MIGRATE_AFTER, Blocked::IdleOwner))
     }
 
-    /// Hand every waiting session (whose bytes are still in the kernel) to the supervisor for another worker.
+    fn migration_due_at(&self) -> Option<Instant> {
+        self.migration_due().map(|(at, _)| at)
+    }
+
+    /// Hand waiting sessions (whose bytes are still in the kernel) to the supervisor for another worker: all of
+    /// them when the owner idles inside a transaction or is pinned (it may do so for ever), as many as there are
+    /// idle siblings (or room for new ones) when the owner's turn merely runs long.
     fn migrate_waiting(&mut self) {
+        let Some((_, why)) = self.migration_due() else { return };
         let now = Instant::now();
+        let mut budget = match why {
+            Blocked::IdleOwner => usize::MAX,
+            Blocked::SlowTurn => {
+                let (idle, all) = self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot);
+                idle + self.pool_size.saturating_sub(all + 1)
+            }
+        };
+        if budget == 0 {
+            self.busy_check_at = now + BUSY_RECHECK;
+            return;
+        }
+        let reason = match why {
+            Blocked::IdleOwner => "upstream idle in a transaction of another session",
+            Blocked::SlowTurn => "upstream busy with a long turn of another session, a sibling is idle",
+        };
         let waiting: Vec<usize> = self.queue.drain(..).collect();
         for idx in waiting {
             let Some(s) = self.session(idx) else { continue };
             if !s.queued {
                 continue;
             }
-            if now.duration_since(s.arrived) < MIGRATE_COOLDOWN
-                || !self.migrate_one(idx, "upstream idle in a transaction of another session")
-            {
+            if budget == 0 || now.duration_since(s.arrived) < MIGRATE_COOLDOWN || !self.migrate_one(idx, reason) {
                 self.queue.push_back(idx);
+            } else {
+                budget -= 1;
             }
         }
+        self.busy_check_at = now + BUSY_RECHECK;
+    }
+
+    /// Tell the board what the upstream is doing and which sessions are exposed: once per loop turn, and at once
+    /// whenever a session becomes exposed (a few relaxed stores; the watch list is usually empty).
+    fn publish(&mut self) {
+        let outbox_empty = self.outbox.is_empty();
+        let owner_idx = self.owner;
+        let mut watch = std::mem::take(&mut self.watch);
+        let mut ids = std::mem::take(&mut self.exposed_ids);
+        ids.clear();
+        watch.sort_unstable();
+        watch.dedup();
+        watch.retain(|&i| {
+            let Some(s) = self.sessions.get_mut(i).and_then(|s| s.as_mut()) else { return false };
+            if outbox_empty {
+                s.report_unsent = false;
+            }
+            let exposed = s.unrecoverable || s.pending_out() > 0 || !s.inbuf.is_empty() || s.report_unsent;
+            if exposed {
+                log::trace!(
+                    "{}: exposed (unrecoverable={} out={} in={} report_unsent={})",
+                    s.label,
+                    s.unrecoverable,
+                    s.pending_out(),
+                    s.inbuf.len(),
+                    s.report_unsent
+                );
+            }
+            if exposed && owner_idx != Some(i) {
+                ids.push(s.id);
+            }
+            exposed
+        });
+        self.watch = watch;
+        let state = if self.draining || self.shutting_down {
+            board::State::Draining
+        } else if self.upstream.is_none() {
+            board::State::Unknown
+        } else if self.owner.is_none() && self.queue.is_empty() && self.replies.is_empty() && self.jobs.is_empty() {
+            board::State::Idle
+        } else {
+            board::State::Busy
+        };
+        let owner = self
+            .owner
+            .filter(|_| self.owner_exposed)
+            .and_then(|o| self.sessions.get(o))
+            .and_then(|s| s.as_ref())
+            .map_or(0, |s| s.id);
+        self.ctx.board.publish(self.ctx.board_slot, state, self.queue.len(), self.by_id.len(), owner, &ids);
+        self.exposed_ids = ids;
     }
 
     /// Send one session (not the owner) to the supervisor for another worker. False if it must stay.
@@ -1435,7 +1673,8 @@ impl Worker {
         true
     }
 
-    /// server_lifetime: retire this worker's upstream by moving every session elsewhere, then exiting.
+    /// Retire this worker's upstream (server_lifetime, or the supervisor's `Drain` on reload) by moving every session
+    /// elsewhere, then exiting.
     fn begin_drain(&mut self, why: &str) {
         if self.draining {
             return;
@@ -1459,6 +1698,13 @@ impl Worker {
         if self.by_id.is_empty() && self.owner.is_none() && self.replies.is_empty() && self.jobs.is_empty() {
             self.flush_outbox();
             if self.outbox.is_empty() {
+                if let Some(up) = self.upstream.as_ref() {
+                    info!(
+                        "{} closing because: server lifetime over (age={}s)",
+                        self.server_label(),
+                        up.connected_at.elapsed().as_secs()
+                    );
+                }
                 info!("drained, exiting");
                 self.stop = true;
             }
@@ -1534,7 +1780,17 @@ impl Worker {
         if !self.outbox.is_empty() {
             self.flush_outbox();
         }
-        if self.shutting_down && self.owner.is_none() && self.replies.is_empty() {
+        // Shutting down waits for the transaction in flight, not for the owner to let go: a session pinned by a temp
+        // table (or any session in session mode) owns the upstream between its transactions too.
+        let in_flight = !self.replies.is_empty()
+            || !self.jobs.is_empty()
+            || self.upstream.as_ref().is_some_and(|u| u.txn_status != b'I')
+            || self
+                .owner
+                .and_then(|o| self.sessions.get(o))
+                .and_then(|s| s.as_ref())
+                .is_some_and(|s| !s.inbuf.is_empty());
+        if self.shutting_down && !in_flight {
             let ids: Vec<usize> = (0..self.sessions.len()).filter(|i| self.sessions[*i].is_some()).collect();
             for idx in ids {
                 self.close_session(idx, "pooler shutting down", Some(("57P01", "pgmux is shutting down")));
@@ -1543,6 +1799,15 @@ impl Worker {
             self.stop = true;
         }
     }
+}
+
+/// What keeps waiting sessions from the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    /// The owner sits idle inside a transaction, or is pinned.
+    IdleOwner,
+    /// The owner's turn is still running.
+    SlowTurn,
 }
 
 /// A DataRow of two non-null text columns (the settings probe's rows).

@@ -65,11 +65,23 @@ pub struct Session {
     pub arrived: std::time::Instant,
     /// When it last joined the wait queue.
     pub queued_at: std::time::Instant,
+    /// Bumped by every change to what its record carries (settings, prepared statements, channels).
+    pub state_epoch: u64,
+    /// The epoch the supervisor last heard of (`Msg::SessionState`).
+    pub reported_epoch: u64,
+    /// Report at the end of the next turn even if nothing changed (the supervisor's record still holds input this
+    /// worker has since consumed).
+    pub report_after_turn: bool,
+    /// A state report sits in the outbox, not yet in the channel.
+    pub report_unsent: bool,
+    /// Its state could not be reported: if this worker dies, the session dies with it.
+    pub unrecoverable: bool,
 }
 
 impl Session {
     pub fn new(record: SessionRecord, conn: Conn, settings: Vec<(String, String)>) -> Session {
-        let label = format!("s{} {}@{}", record.session_id, record.user, record.client_addr);
+        // PgBouncer names clients "C-0x<ptr>: db/user@addr" in its log; the session id plays the pointer's part.
+        let label = format!("C-0x{:x}: {}/{}@{}", record.session_id, record.database, record.user, record.client_addr);
         let mut s = Session {
             id: record.session_id,
             record,
@@ -99,6 +111,11 @@ impl Session {
             label,
             arrived: std::time::Instant::now(),
             queued_at: std::time::Instant::now(),
+            state_epoch: 1,
+            reported_epoch: 0,
+            report_after_turn: false,
+            report_unsent: false,
+            unrecoverable: false,
         };
         s.refresh_ctx();
         s
@@ -127,8 +144,14 @@ impl Session {
         Ok(true)
     }
 
+    /// Note that the state its record carries changed, so the supervisor hears of it at the end of the turn.
+    pub fn touch(&mut self) {
+        self.state_epoch += 1;
+    }
+
     /// Record a setting the client changed (confirmed by the upstream's ParameterStatus).
     pub fn set(&mut self, name: String, value: String) {
+        self.touch();
         if let Some(slot) = self.settings.iter_mut().find(|(n, _)| *n == name) {
             slot.1 = value;
         } else {
@@ -139,6 +162,7 @@ impl Session {
 
     /// Recompute the statement-sharing context from the settings.
     pub fn refresh_ctx(&mut self) {
+        self.touch();
         let get = |n: &str| self.settings.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap_or("");
         let ctx = format!("{}\0{}\0{}", get("search_path"), get("role"), get("session_authorization"));
         if *self.ctx != *ctx {

@@ -83,6 +83,11 @@ pub struct UpstreamStatements {
 }
 
 impl UpstreamStatements {
+    /// How many statements the upstream holds (SHOW SERVERS' prepared_statements).
+    pub fn count(&self) -> usize {
+        self.by_def.len()
+    }
+
     pub fn new(capacity: usize) -> Self {
         UpstreamStatements { by_def: HashMap::new(), next_id: 1, capacity: capacity.max(1), unnamed: None }
     }

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pgmux_proto::auth::{md5_salted_response, ScramClient};
+use pgmux_proto::auth::{md5_salted_response, ScramClient, ScramError, ScramKeyClient, ScramSecret};
 use pgmux_proto::backend::{self as be, AuthRequest};
 use pgmux_proto::frame;
 use pgmux_proto::frontend as fe;
@@ -57,6 +57,41 @@ pub enum Credential {
     Plain(String),
     /// "md5" + hex: enough for md5 authentication, not for cleartext or SCRAM.
     Md5(String),
+    /// A SCRAM secret from auth_file, and (once a client of this user has logged in with SCRAM) that client's
+    /// ClientKey: enough for SCRAM-SHA-256 upstream, as PgBouncer does it.
+    Scram {
+        secret: ScramSecret,
+        client_key: Option<[u8; 32]>,
+    },
+}
+
+/// Either side of a SCRAM exchange pgmux can run as a client.
+enum ScramLogin {
+    Password(ScramClient),
+    Keys(ScramKeyClient),
+}
+
+impl ScramLogin {
+    fn message(&self) -> &[u8] {
+        match self {
+            ScramLogin::Password(c) => c.message(),
+            ScramLogin::Keys(c) => c.message(),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) -> Result<(), ScramError> {
+        match self {
+            ScramLogin::Password(c) => c.update(data),
+            ScramLogin::Keys(c) => c.update(data),
+        }
+    }
+
+    fn finish(&mut self, data: &[u8]) -> Result<(), ScramError> {
+        match self {
+            ScramLogin::Password(c) => c.finish(data),
+            ScramLogin::Keys(c) => c.finish(data),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -139,7 +174,7 @@ pub fn connect(
     send_all(&conn, &out, deadline)?;
 
     let mut inbuf = Vec::new();
-    let mut scram: Option<ScramClient> = None;
+    let mut scram: Option<ScramLogin> = None;
     let mut params_seen = Vec::new();
     let mut key = (0u32, 0u32);
     loop {
@@ -158,7 +193,7 @@ pub fn connect(
                         let stored = match credential {
                             Credential::Plain(p) => pgmux_proto::auth::md5_password_hash(user, p),
                             Credential::Md5(h) => h.clone(),
-                            Credential::None => return Err(no_password("md5", user)),
+                            Credential::None | Credential::Scram { .. } => return Err(no_password("md5", user)),
                         };
                         fe::password_message(&mut reply, md5_salted_response(&stored, salt).as_bytes());
                     }
@@ -166,10 +201,21 @@ pub fn connect(
                         if !mechanisms.contains(&"SCRAM-SHA-256") {
                             return Err(UpstreamError::Auth(format!("unsupported SASL mechanisms {mechanisms:?}")));
                         }
-                        let Credential::Plain(p) = credential else {
-                            return Err(no_password("SCRAM-SHA-256", user));
+                        let client = match credential {
+                            Credential::Plain(p) => ScramLogin::Password(ScramClient::new(p.as_bytes())),
+                            Credential::Scram { secret, client_key: Some(key) } => ScramLogin::Keys(
+                                ScramKeyClient::new(*key, secret.clone())
+                                    .map_err(|e| UpstreamError::Auth(e.to_string()))?,
+                            ),
+                            Credential::Scram { client_key: None, .. } => {
+                                return Err(UpstreamError::Auth(format!(
+                                    "server asks for SCRAM-SHA-256 authentication of user \"{user}\"; auth_file has \
+                                     only a SCRAM secret, usable once this user has logged in to pgmux with \
+                                     SCRAM-SHA-256"
+                                )))
+                            }
+                            _ => return Err(no_password("SCRAM-SHA-256", user)),
                         };
-                        let client = ScramClient::new(p.as_bytes());
                         fe::sasl_initial_response(&mut reply, "SCRAM-SHA-256", client.message());
                         scram = Some(client);
                     }

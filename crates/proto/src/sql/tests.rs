@@ -339,6 +339,37 @@ fn may_be_interesting_is_cheap_and_sound() {
     assert!(!may_be_interesting("SELECT '; SET x = 1'"));
 }
 
+/// Found by the fuzz harness (tests/tests/fuzz): a worker replaced `"a"` in
+/// `EXECUTE"a"` with a bare name, which ran into the keyword
+/// (`EXECUTEpgmuxq_1_2_3`) and turned a valid statement into another one.
+#[test]
+fn ident_replacement_keeps_tokens_apart() {
+    for (sql, want) in [
+        ("EXECUTE foo(1)", "EXECUTE pgmuxq_1(1)"),
+        ("EXECUTE\"a\"(1)", "EXECUTE pgmuxq_1(1)"),
+        ("PREPARE\"a\"AS SELECT 1", "PREPARE pgmuxq_1 AS SELECT 1"),
+        ("EXECUTE \"a\"$1", "EXECUTE pgmuxq_1 $1"),
+        ("DEALLOCATE \"a\"é", "DEALLOCATE pgmuxq_1 é"),
+        ("EXECUTE U&\"a\" UESCAPE '!'", "EXECUTE pgmuxq_1"),
+    ] {
+        let stmts = statements(sql);
+        let [Stmt {
+            kind: Kind::Execute { name } | Kind::Prepare { name, .. } | Kind::Deallocate { name: Some(name) },
+            ..
+        }] = stmts.as_slice()
+        else {
+            panic!("{sql:?}: {stmts:?}")
+        };
+        let out = format!(
+            "{}{}{}",
+            &sql[..name.span.start],
+            ident_replacement(sql, name.span.clone(), "pgmuxq_1"),
+            &sql[name.span.end..]
+        );
+        assert_eq!(out, want, "{sql:?}");
+    }
+}
+
 #[test]
 fn quoting_helpers() {
     assert_eq!(quote_ident("a"), "\"a\"");
