@@ -946,7 +946,7 @@ impl Worker {
             log::trace!("upstream message '{}' ({} bytes)", h.tag as char, total);
             let route = match self.replies.on_backend(h.tag) {
                 Ok(r) => r,
-                Err(e) => break Err(e.to_string()),
+                Err(e) => break Err(self.unsolicited(h.tag, rest.get(..total).filter(|_| complete), e)),
             };
             if !complete {
                 // Stream the rest of a large row through without buffering it.
@@ -1044,6 +1044,21 @@ impl Worker {
         };
         buf.drain(..pos.min(buf.len()));
         result
+    }
+
+    /// A backend message no request asked for: why the upstream must go. When it is PostgreSQL ending the
+    /// connection itself (a FATAL from pg_terminate_backend or a shutdown, arriving while the owner sits idle inside
+    /// its transaction), the owner gets that error first, as a direct client would.
+    fn unsolicited(&mut self, tag: u8, msg: Option<&[u8]>, e: replies::Desync) -> String {
+        let fields = msg
+            .filter(|_| tag == b'E')
+            .and_then(|m| be::parse_error_fields(m.get(frame::HEADER_LEN..).unwrap_or_default()).ok())
+            .filter(|f| f.severity == "FATAL" || f.severity == "PANIC");
+        let (Some(f), Some(msg)) = (fields, msg) else { return e.to_string() };
+        if let Some(s) = self.owner.and_then(|o| self.sessions.get_mut(o)).and_then(|s| s.as_mut()) {
+            s.out.extend_from_slice(msg);
+        }
+        format!("the server ended it: {} {} {}", f.severity, f.code, f.message)
     }
 
     /// A reported setting changed in a session's own statement: remember it for that session and the upstream.
