@@ -148,7 +148,7 @@ impl Config {
         table.insert(key.to_string(), toml_value);
         let mut next = self.clone();
         let section = Section::new(&self.path, "pooler".into(), &table);
-        crate::pooler::apply_pooler(&section, &self.path, &mut next.pooler)
+        crate::pooler::apply_pooler(&section, &mut next.pooler)
             .map_err(|e: ConfigError| SetError::Invalid(e.message))?;
         Ok(next)
     }

@@ -642,7 +642,7 @@ impl Supervisor {
     /// starts workers as sessions need them. A database that is gone takes no new sessions and keeps the ones it has.
     fn reload(&mut self) -> Result<(), String> {
         let path = self.config.path.clone();
-        let (config, userlist) = load_files(&path)?;
+        let (config, userlist) = load_files(&path, self.config.format)?;
         let old = self.config.clone();
         if config.pooler.listen_addr != old.pooler.listen_addr
             || config.pooler.listen_port != old.pooler.listen_port
@@ -1055,9 +1055,14 @@ impl Supervisor {
     }
 }
 
-/// Reads the configuration file and the auth file it names: what start-up and reload both load.
-pub fn load_files(path: &std::path::Path) -> Result<(Config, UserList), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+/// Reads the configuration file (in `format`) and the auth file it names: what start-up and reload both load. Settings accepted without effect are logged here, which
+/// on a reload reaches the log; at start-up logging is not up yet (it needs the config's logfile), so `main` logs
+/// them itself once it is.
+pub fn load_files(path: &std::path::Path, format: pgmux_config::Format) -> Result<(Config, UserList), String> {
+    let config = Config::load_as(path, format).map_err(|e| e.to_string())?;
+    for w in &config.warnings {
+        warn!("{w}");
+    }
     let userlist = match &config.pooler.auth_file {
         Some(p) => UserList::load(p).map_err(|e| e.to_string())?,
         None => UserList::default(),
@@ -1085,6 +1090,11 @@ fn worker_view(p: &pgmux_config::Pooler) -> pgmux_config::Pooler {
     v.stats_users.clear();
     v.stats_period = Duration::ZERO;
     v.metrics_listen = None;
+    // Read only by main, at start-up.
+    v.user = None;
+    v.verbose = 0;
+    v.so_reuseport = false;
+    v.listen_backlog = 0;
     v
 }
 

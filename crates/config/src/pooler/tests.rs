@@ -234,17 +234,19 @@ fn enum_display_is_file_spelling() {
 #[test]
 fn unknown_pooler_key() {
     let e = pooler_err("auth_typ = \"md5\"");
-    assert_err(&e, "pooler.auth_typ", "unknown key (expected one of: listen_addr, listen_port,");
-    assert!(e.to_string().starts_with(
-        "/etc/pgmux/pooler.toml: pooler.auth_typ: unknown key (expected one of: listen_addr, listen_port, "
-    ));
+    assert_eq!(
+        e.to_string(),
+        "/etc/pgmux/pooler.toml: pooler.auth_typ: unknown key (not a PgBouncer 1.25 setting nor one of pgmux's \
+         own); did you mean auth_type?"
+    );
+    assert_err(&pooler_err("bogus = 1"), "pooler.bogus", "unknown key (not a PgBouncer");
 }
 
 #[test]
 fn unknown_database_key_and_table() {
     assert_err(&db_err("hots = \"h\""), "databases.x.hots", "unknown key (expected one of: host, port,");
     let e = parse("[databases.x]\n[pgbouncer]\nlisten_port = 1\n").unwrap_err();
-    assert_err(&e, "pgbouncer", "unknown table (expected pooler or databases)");
+    assert_err(&e, "pgbouncer", "unknown table (expected pooler, databases or users)");
     let e = parse("listen_port = 1\n[databases.x]\n").unwrap_err();
     assert_err(&e, "listen_port", "unknown table");
     let e = parse("[databases.\"*\"]\nfoo = 1\n").unwrap_err();
@@ -378,9 +380,47 @@ fn admin_and_stats_users() {
     let d = parse("[pooler]\nadmin_users = \"\"\n[databases.x]\nhost = \"h\"\n").unwrap();
     assert!(d.pooler.admin_users.is_empty());
     assert_eq!(d.pooler.stats_period, Duration::from_secs(60));
-    assert_err(&pooler_err("admin_users = \"a,,b\""), "pooler.admin_users", "empty user name");
+    assert_err(&pooler_err("admin_users = \"a,,b\""), "pooler.admin_users", "empty name");
     assert_err(&pooler_err("stats_users = 3"), "pooler.stats_users", "wrong type");
     assert_err(&pooler_err("stats_period = 0"), "pooler.stats_period", "invalid value");
+}
+
+#[test]
+fn pgbouncer_keys_work_in_toml_too() {
+    let c = parse(
+        "[pooler]\ntcp_keepalive = true\nso_reuseport = 0\nmin_pool_size = 3\nadmin_users = [\"a\", \"b\"]\n\
+         user = \"postgres\"\nverbose = 1\n\
+         [databases.x]\nconnect_query = \"SELECT 1\"\nreserve_pool = 2\n[users.alice]\npool_mode = \"statement\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.format, Format::Toml);
+    assert_eq!((c.pooler.min_pool_size, c.pooler.user.as_deref(), c.pooler.verbose), (3, Some("postgres"), 1));
+    assert_eq!(c.pooler.admin_users, ["a", "b"]);
+    assert_eq!(c.databases[0].reserve_pool_size, 2);
+    assert_eq!(c.user("alice").and_then(|u| u.pool_mode), Some(PoolMode::Statement));
+    let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "/etc/pgmux/pooler.toml: pooler.min_pool_size: has no effect in pgmux yet (accepted, not acted on)",
+            "/etc/pgmux/pooler.toml: pooler.tcp_keepalive: has no effect in pgmux: pgmux leaves this socket option \
+             at the operating system's default",
+            "/etc/pgmux/pooler.toml: databases.x.reserve_pool: has no effect in pgmux yet (accepted, not acted on)",
+            "/etc/pgmux/pooler.toml: users.alice.pool_mode: has no effect in pgmux yet (accepted, not acted on)",
+        ]
+    );
+    assert_err(&pooler_err("so_reuseport = \"yes\""), "pooler.so_reuseport", "expected a boolean, found string");
+    assert_err(&pooler_err("tcp_keepcnt = 1.5"), "pooler.tcp_keepcnt", "expected an integer, found float");
+    let e = parse("[databases.pgbouncer]\n").unwrap_err();
+    assert_err(&e, "databases.pgbouncer", "reserved for the admin console");
+}
+
+#[test]
+fn relative_socket_dir_resolves_against_config_dir() {
+    let c =
+        Config::parse("[pooler]\nunix_socket_dir = \"run\"\n[databases.x]\n", Path::new("/srv/pooler.toml")).unwrap();
+    assert_eq!(c.pooler.unix_socket_dir, Some(PathBuf::from("/srv/run")));
+    assert_eq!(c.databases[0].host, "/srv/run");
 }
 
 #[test]
@@ -398,4 +438,7 @@ fn metrics_listen_is_host_and_port() {
         let e = get(bad).expect_err(bad);
         assert_err(&e, "pooler.metrics_listen", "invalid value");
     }
+    // No warning: it is pgmux's own key and does what it says.
+    let c = parse("[pooler]\nmetrics_listen = \"127.0.0.1:9127\"\n[databases.x]\nhost = \"h\"\n").unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
