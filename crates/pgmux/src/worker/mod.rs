@@ -1879,6 +1879,14 @@ impl Worker {
         }
     }
 
+    /// The configuration changed (the console's SET): resolve this pool's timeouts again.
+    fn refresh_timeouts(&mut self) {
+        let config = self.ctx.config.clone();
+        if let Some(db) = config.database(&self.ctx.database) {
+            self.timeouts = limits::Timeouts::resolve(&config, db, &self.ctx.user);
+        }
+    }
+
     /// server_idle_timeout: an upstream nobody used for that long is closed; the sessions stay, and the next one to
     /// need it reconnects. Kept while a session listens (notifications arrive on it) or the upstream holds state.
     fn close_idle_upstream(&mut self) {

@@ -136,7 +136,10 @@ impl Worker {
             }
             Msg::KillSessions => self.kill_all(),
             Msg::SetConfig { key, value } => match self.ctx.config.with_setting(key, value) {
-                Ok(c) => self.ctx.config = Arc::new(c),
+                Ok(c) => {
+                    self.ctx.config = Arc::new(c);
+                    self.refresh_timeouts();
+                }
                 Err(e) => warn!("SET {key}: {e:?}"),
             },
             _ => return false,
