@@ -149,6 +149,7 @@ impl Config {
         let section = Section::new(&self.path, "pooler".into(), &table);
         crate::pooler::apply_pooler(&section, &mut next.pooler)
             .map_err(|e: ConfigError| SetError::Invalid(e.message))?;
+        crate::auth::check_set(&next).map_err(SetError::Invalid)?;
         Ok(next)
     }
 }
