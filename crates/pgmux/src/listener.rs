@@ -644,6 +644,8 @@ impl Listener {
             self.exit = Some(1);
             return;
         }
+        // A lookup's wake-up could only be lost if the eventfd failed; the tick picks its answer up regardless.
+        self.lookups_done();
         let now = Instant::now();
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
