@@ -108,6 +108,7 @@ fn rendered(p: &Pooler) -> Vec<(&'static str, String)> {
         ("admin_users", p.admin_users.join(",")),
         ("stats_users", p.stats_users.join(",")),
         ("stats_period", secs(p.stats_period)),
+        ("metrics_listen", p.metrics_listen.clone().unwrap_or_default()),
     ]
 }
 

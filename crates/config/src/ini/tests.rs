@@ -386,10 +386,10 @@ fn keys_without_effect_are_reported_once_each_with_their_line() {
     let c = ok("[pgbouncer]\n[databases]\nx = host=h connect_query='SELECT 1' target_session_attrs=any\n\
                 [users]\nalice = max_user_connections=3\n[peers]\n1 = host=/tmp/p1\n");
     let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
-    assert_eq!(lines.len(), 3, "{lines:#?}");
-    assert!(lines[0].starts_with(&format!("{MAIN}: line 3: databases.x.connect_query: has no effect in pgmux yet")));
-    assert!(lines[1].starts_with(&format!("{MAIN}: line 5: users.alice.max_user_connections: has no effect")));
-    assert!(lines[2].starts_with(&format!("{MAIN}: line 7: peers.1.host: has no effect in pgmux: pgmux does not")));
+    // connect_query is applied: no warning.
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].starts_with(&format!("{MAIN}: line 5: users.alice.max_user_connections: has no effect")));
+    assert!(lines[1].starts_with(&format!("{MAIN}: line 7: peers.1.host: has no effect in pgmux: pgmux does not")));
 }
 
 #[test]
