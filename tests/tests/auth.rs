@@ -610,3 +610,33 @@ fn auth_query_failures_are_clear() {
     login_ok(&p, "alice", "alicepw");
     p.stop();
 }
+
+#[test]
+fn auth_query_slow_lookup_blocks_nobody_else() {
+    // slowdb's "PostgreSQL" accepts connections and never answers: its lookups take server_connect_timeout (2 s).
+    // Meanwhile the same listener logs in auth_file users and runs other lookups at once.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let config = aq_config("md5")
+        .set("listeners", "1")
+        .set("server_connect_timeout", "2")
+        .database("slowdb", &[("dbname", "\"appdb\""), ("port", &port)]);
+    let p = Pgmux::start(config);
+    let slow_conn = p.conn_str("slowdb", "aq_md5", "aqmd5pw");
+    let slow = std::thread::spawn(move || {
+        let t = Instant::now();
+        let e = postgres::Client::connect(&slow_conn, postgres::NoTls).err();
+        (t.elapsed(), e.and_then(|e| e.as_db_error().map(|d| d.code().code().to_string())))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    login_ok(&p, "alice", "alicepw");
+    login_ok(&p, "aq_scram", "aqscrampw");
+    assert!(t.elapsed() < Duration::from_millis(1500), "logins waited for the slow lookup: {:?}", t.elapsed());
+    let (took, code) = slow.join().unwrap();
+    assert_eq!(code.as_deref(), Some("08006"));
+    assert!(took >= Duration::from_millis(1800) && took < Duration::from_secs(6), "slow lookup took {took:?}");
+    assert!(p.log().contains("auth_query for slowdb/aq_md5 failed"));
+    drop(silent);
+    p.stop();
+}

@@ -397,3 +397,42 @@ pub fn send_cancel(addr: &Address, pid: u32, key: u32, timeout: Duration) -> Res
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A well-formed SCRAM secret in PostgreSQL's notation (arbitrary keys).
+    const SCRAM: &str = "SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$\
+                         Lh+8RqDl0/TWtfzY9+z6n0cNEdWXpfWDhVbwWZ9Sl9M=:\
+                         o6eJzAkHyxaG0mnq+LNqUQeIjtyxb7NXyb8wjmPuwiQ=";
+
+    #[test]
+    fn credentials_from_looked_up_secrets() {
+        let md5 = "md5d0763edaa9d9bd2a9516280e9044d885";
+        assert!(matches!(Credential::from_lookup(md5, &[]), Credential::Md5(h) if h == md5));
+        assert!(matches!(Credential::from_lookup("pw", &[]), Credential::Plain(p) if p == "pw"));
+        let key = [7u8; 32];
+        match Credential::from_lookup(SCRAM, &key) {
+            Credential::Scram { secret, client_key } => {
+                assert_eq!(secret.iterations, 4096);
+                assert_eq!(client_key, Some(key));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A key of the wrong length is no key; a mangled SCRAM secret is nothing to log in with.
+        assert!(matches!(Credential::from_lookup(SCRAM, &[1, 2]), Credential::Scram { client_key: None, .. }));
+        assert!(matches!(Credential::from_lookup("SCRAM-SHA-256$x", &key), Credential::None));
+    }
+
+    #[test]
+    fn same_secret_ignores_the_client_key() {
+        let a = Credential::from_lookup(SCRAM, &[1; 32]);
+        let b = Credential::from_lookup(SCRAM, &[]);
+        assert!(a.same_secret(&b));
+        assert!(!a.same_secret(&Credential::Plain("pw".into())));
+        assert!(Credential::Md5("md5x".into()).same_secret(&Credential::Md5("md5x".into())));
+        assert!(!Credential::Md5("md5x".into()).same_secret(&Credential::Md5("md5y".into())));
+        assert!(Credential::None.same_secret(&Credential::None));
+    }
+}
