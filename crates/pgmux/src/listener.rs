@@ -914,14 +914,17 @@ impl Client {
         let listed = env.userlist.get(&user);
         // Trust needs no secret, only (with an auth_file) a known user.
         let needs_user = listed.is_none() && (method != AuthType::Trust || pooler.auth_file.is_some());
-        let target = match (needs_user && !console, Target::resolve(env.config, env.userlist, &database)) {
-            (false, _) | (true, Ok(None)) => None,
-            (true, Ok(Some(t))) => Some(t),
-            (true, Err(why)) => {
-                warn!("{}: cannot run auth_query: {why}", self.who());
-                self.lookup_failed(&why);
-                return None;
+        let target = if needs_user && !console {
+            match Target::resolve(env.config, env.userlist, &database) {
+                Ok(t) => t,
+                Err(why) => {
+                    warn!("{}: cannot run auth_query: {why}", self.who());
+                    self.lookup_failed(&why);
+                    return None;
+                }
             }
+        } else {
+            None
         };
         let Some(target) = target else {
             self.authenticate(method, listed, pooler.auth_file.is_some());
