@@ -247,6 +247,15 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Puts `lines` in front of the cluster's pg_hba.conf rules (the first match wins) and reloads the
+    /// configuration. PostgreSQL applies a reload asynchronously: callers wait for its effect.
+    pub fn prepend_hba(&self, lines: &str) {
+        let path = self.data_dir.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&path).expect("read pg_hba.conf");
+        std::fs::write(&path, format!("{lines}\n{old}")).expect("write pg_hba.conf");
+        self.psql_admin("postgres", "SELECT pg_reload_conf()");
+    }
+
     /// A command that runs `program` as the cluster's OS owner.
     fn as_owner(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);

@@ -408,3 +408,235 @@ fn raw_md5_wrong_answer_gets_28p01_then_eof() {
     assert!(pgmux_tests::util::wait_closed(&mut s));
     p.stop();
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// auth_query
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Roles only auth_query knows (none is in pgmux's auth_file): aq_md5 (md5-encrypted), aq_scram and aq_cache
+/// (SCRAM), aq_null (no password), and the lookup role pgmux_auth (a superuser, so the default auth_query may read
+/// pg_authid). PostgreSQL asks all of them for a password over TCP, so pgmux's upstream login with the looked-up
+/// secret is exercised too.
+fn auth_query_roles() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let pg = Postgres::shared();
+        pg.psql_admin(
+            "postgres",
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE pgmux_auth LOGIN SUPERUSER PASSWORD 'authpw'; \
+             CREATE ROLE aq_scram LOGIN PASSWORD 'aqscrampw'; CREATE ROLE aq_cache LOGIN PASSWORD 'oldpw'; \
+             CREATE ROLE aq_null LOGIN; \
+             SET password_encryption = 'md5'; CREATE ROLE aq_md5 LOGIN PASSWORD 'aqmd5pw'",
+        );
+        pg.prepend_hba("host all pgmux_auth,aq_md5,aq_scram,aq_cache,aq_null 127.0.0.1/32 md5");
+        // A reload takes effect asynchronously: wait until PostgreSQL wants aq_md5's password.
+        let conn = format!("host=127.0.0.1 port={} dbname=postgres user=aq_md5 connect_timeout=5", pg.port());
+        pgmux_tests::wait_until(Duration::from_secs(10), "pg_hba.conf reloaded", || {
+            postgres::Client::connect(&conn, postgres::NoTls).is_err()
+        });
+    });
+}
+
+/// pgmux with `auth_type`, auth_query logged in as pgmux_auth (its password in the auth_file).
+fn aq_config(auth_type: &str) -> PgmuxConfig {
+    auth_query_roles();
+    PgmuxConfig::new()
+        .set("auth_type", &format!("\"{auth_type}\""))
+        .set("auth_user", "\"pgmux_auth\"")
+        .user("pgmux_auth", "authpw")
+}
+
+/// An md5 login on a raw socket (for user names a connection string cannot carry): ("", "") once authenticated,
+/// else the error's (SQLSTATE, message).
+fn raw_md5_login(p: &Pgmux, user: &str, password: &str) -> (String, String) {
+    let mut s = raw_connect(p.port());
+    pgmux_tests::util::raw_send(&mut s, &startup_packet(user, "appdb"));
+    let (tag, body) = read_backend_message(&mut s).expect("auth request");
+    assert_eq!((tag, &body[..4]), (b'R', &[0u8, 0, 0, 5][..]), "{user}: md5 request");
+    let salt: [u8; 4] = body[4..8].try_into().unwrap();
+    let hash = pgmux_proto::auth::md5_password_hash(user, password);
+    let answer = pgmux_proto::auth::md5_salted_response(&hash, salt);
+    pgmux_tests::util::raw_send(&mut s, &pgmux_tests::util::password_message(&answer));
+    match read_backend_message(&mut s) {
+        Some((b'R', body)) if body[..4] == [0, 0, 0, 0] => (String::new(), String::new()),
+        Some((b'E', body)) => (error_field(&body, b'C').unwrap_or_default(), error_message(&body)),
+        other => panic!("{user}: unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn auth_query_md5_and_scram_secrets() {
+    let p = Pgmux::start(aq_config("md5"));
+    // An md5 secret: md5 with the client, md5 upstream with the same hash.
+    assert_eq!(first_auth_request(&p, "aq_md5"), 5);
+    login_ok(&p, "aq_md5", "aqmd5pw");
+    psql_ok(&p, "aq_md5", "aqmd5pw");
+    assert_password_failed(&p, "aq_md5", "wrong");
+    // A SCRAM secret: SCRAM with the client, and upstream with the keys of the client's own login.
+    assert_eq!(first_auth_request(&p, "aq_scram"), 10);
+    login_ok(&p, "aq_scram", "aqscrampw");
+    psql_ok(&p, "aq_scram", "aqscrampw");
+    assert_password_failed(&p, "aq_scram", "wrong");
+    // auth_file users are never looked up.
+    login_ok(&p, "alice", "alicepw");
+    assert!(p.log().contains("auth_query found a secret for appdb/aq_md5"), "lookups are logged");
+    assert!(!p.log().lines().any(|l| l.contains("auth_query") && l.contains("appdb/alice")), "alice was not looked up");
+    p.stop();
+
+    let p = Pgmux::start(aq_config("scram-sha-256"));
+    login_ok(&p, "aq_scram", "aqscrampw");
+    // An md5 secret cannot serve SCRAM: the usual failure.
+    assert_password_failed(&p, "aq_md5", "aqmd5pw");
+    p.stop();
+
+    let p = Pgmux::start(aq_config("plain"));
+    assert_eq!(first_auth_request(&p, "aq_md5"), 3);
+    login_ok(&p, "aq_md5", "aqmd5pw");
+    assert_password_failed(&p, "aq_md5", "wrong");
+    p.stop();
+}
+
+#[test]
+fn auth_query_no_secret_fails_like_a_wrong_password() {
+    let p = Pgmux::start(aq_config("md5"));
+    // NULL password, no such role, a name built to break out of a quoted literal: the same exchange, the same
+    // failure, whatever the password.
+    for user in ["aq_null", "aq_nobody"] {
+        assert_eq!(first_auth_request(&p, user), 5, "{user}");
+        assert_password_failed(&p, user, "whatever");
+        assert_eq!(
+            raw_md5_login(&p, user, ""),
+            ("28P01".to_string(), format!("password authentication failed for user \"{user}\"")),
+            "{user}: empty password"
+        );
+    }
+    // The name travels as a parameter: quoting cannot turn it into aq_md5's row.
+    let evil = "x' OR rolname = 'aq_md5";
+    assert_eq!(
+        raw_md5_login(&p, evil, "aqmd5pw"),
+        ("28P01".to_string(), format!("password authentication failed for user \"{evil}\""))
+    );
+    assert_eq!(
+        raw_md5_login(&p, "aq_md5", "aqmd5pw"),
+        ("".to_string(), "".to_string()),
+        "the same exchange works for aq_md5"
+    );
+    psql_password_failed(&p, "aq_null", "whatever");
+    p.stop();
+    // trust: a user auth_query finds is in without a password; one it does not find is not.
+    let p = Pgmux::start(aq_config("trust"));
+    login_ok(&p, "aq_md5", "");
+    for user in ["aq_null", "aq_nobody"] {
+        let (code, msg) = login_err(&p, user, "");
+        assert_eq!((code.as_str(), msg.as_str()), ("28000", "\"trust\" authentication failed"), "{user}");
+    }
+    p.stop();
+}
+
+#[test]
+fn auth_query_per_database_and_auth_file_first() {
+    auth_query_roles();
+    // Only appdb looks users up (its own auth_user, and its lookups run in the database entry "lookupdb"); bob's
+    // auth_file entry wins over what auth_query would say.
+    let config = PgmuxConfig::new()
+        .set("auth_type", "\"md5\"")
+        .database("appdb", &[("dbname", "\"appdb\""), ("auth_user", "\"pgmux_auth\""), ("auth_dbname", "\"lookupdb\"")])
+        .database("lookupdb", &[("dbname", "\"postgres\"")])
+        .user("pgmux_auth", "authpw")
+        .user("bob", "filepw");
+    let p = Pgmux::start(config);
+    login_ok(&p, "aq_md5", "aqmd5pw");
+    let conn = p.conn_str("otherdb", "aq_md5", "aqmd5pw");
+    let err = within(LIMIT, "otherdb login", move || postgres::Client::connect(&conn, postgres::NoTls).err());
+    let code = err.and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+    assert_eq!(code.as_deref(), Some("28P01"), "otherdb has no auth_user: aq_md5 is unknown there");
+    // bob: PostgreSQL trusts bob and would give auth_query bob's real hash (of bobpw); the auth_file says filepw.
+    login_ok(&p, "bob", "filepw");
+    assert_password_failed(&p, "bob", "bobpw");
+    p.stop();
+}
+
+#[test]
+fn auth_query_cache_keeps_an_old_password_until_it_expires() {
+    // One listener (each has its own cache), one worker (its upstream stays logged in), and a 3 s cache (the test
+    // knob; the default is 60 s).
+    let config = aq_config("md5").set("listeners", "1").set("default_pool_size", "1");
+    let p = Pgmux::start_with_env(config, &[("PGMUX_TEST_AUTH_CACHE_TTL_MS", "3000")]);
+    login_ok(&p, "aq_cache", "oldpw");
+    let pg = Postgres::shared();
+    pg.psql_admin("postgres", "SET password_encryption = 'scram-sha-256'; ALTER ROLE aq_cache PASSWORD 'newpw'");
+    let changed = Instant::now();
+    // Cached: the old password still works, the new one does not yet.
+    login_ok(&p, "aq_cache", "oldpw");
+    assert_password_failed(&p, "aq_cache", "newpw");
+    assert!(changed.elapsed() < Duration::from_secs(2), "the checks above must run inside the cache lifetime");
+    // Expired: looked up again.
+    std::thread::sleep(Duration::from_millis(3200).saturating_sub(changed.elapsed()));
+    login_ok(&p, "aq_cache", "newpw");
+    assert_password_failed(&p, "aq_cache", "oldpw");
+    p.stop();
+    pg.psql_admin("postgres", "ALTER ROLE aq_cache PASSWORD 'oldpw'");
+}
+
+#[test]
+fn auth_query_failures_are_clear() {
+    // auth_user's password is wrong: the lookup fails, the client is told so (not "wrong password"), the log
+    // says why; auth_file users are unaffected.
+    let down_port = pgmux_tests::free_port().to_string();
+    let config = aq_config("md5")
+        .user("pgmux_auth", "wrongpw")
+        .database("downdb", &[("dbname", "\"appdb\""), ("port", &down_port)]);
+    let p = Pgmux::start(config);
+    for (db, why) in
+        [("appdb", "password authentication failed for user \"pgmux_auth\""), ("downdb", "could not connect")]
+    {
+        let conn = p.conn_str(db, "aq_md5", "aqmd5pw");
+        let t = Instant::now();
+        let e = within(LIMIT, "failing lookup", move || postgres::Client::connect(&conn, postgres::NoTls).err());
+        let db_err = e.as_ref().and_then(|e| e.as_db_error()).unwrap_or_else(|| panic!("{db}: {e:?}"));
+        assert_eq!(db_err.code().code(), "08006", "{db}: {}", db_err.message());
+        assert_eq!(
+            db_err.message(),
+            "could not look up user \"aq_md5\": auth_query failed (the pooler's log says why)"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{db}: took {:?}", t.elapsed());
+        let log = p.log();
+        assert!(
+            log.lines().any(|l| l.contains(&format!("auth_query for {db}/aq_md5 failed")) && l.contains(why)),
+            "{db}: log lacks the reason ({why})"
+        );
+    }
+    login_ok(&p, "alice", "alicepw");
+    p.stop();
+}
+
+#[test]
+fn auth_query_slow_lookup_blocks_nobody_else() {
+    // slowdb's "PostgreSQL" accepts connections and never answers: its lookups take server_connect_timeout (2 s).
+    // Meanwhile the same listener logs in auth_file users and runs other lookups at once.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let config = aq_config("md5")
+        .set("listeners", "1")
+        .set("server_connect_timeout", "2")
+        .database("slowdb", &[("dbname", "\"appdb\""), ("port", &port)]);
+    let p = Pgmux::start(config);
+    let slow_conn = p.conn_str("slowdb", "aq_md5", "aqmd5pw");
+    let slow = std::thread::spawn(move || {
+        let t = Instant::now();
+        let e = postgres::Client::connect(&slow_conn, postgres::NoTls).err();
+        (t.elapsed(), e.and_then(|e| e.as_db_error().map(|d| d.code().code().to_string())))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    login_ok(&p, "alice", "alicepw");
+    login_ok(&p, "aq_scram", "aqscrampw");
+    assert!(t.elapsed() < Duration::from_millis(1500), "logins waited for the slow lookup: {:?}", t.elapsed());
+    let (took, code) = slow.join().unwrap();
+    assert_eq!(code.as_deref(), Some("08006"));
+    assert!(took >= Duration::from_millis(1800) && took < Duration::from_secs(6), "slow lookup took {took:?}");
+    assert!(p.log().contains("auth_query for slowdb/aq_md5 failed"));
+    drop(silent);
+    p.stop();
+}

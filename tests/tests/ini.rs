@@ -375,7 +375,7 @@ fn bad_ini_files_are_refused_naming_file_line_and_key() {
             "conf.d/broken.ini",
             vec!["line 2: pgbouncer.max_client_conn: invalid value \"lots\"".into()],
         ),
-        ("auth_type", format!("{good}auth_type = hba\n"), "bad.ini", vec!["pgmux does not support".into()]),
+        ("auth_type", format!("{good}auth_type = ldap\n"), "bad.ini", vec!["pgmux does not support".into()]),
         (
             "missing auth_file",
             good.replace("auth_file = userlist.txt", "auth_file = missing.txt"),

@@ -34,6 +34,12 @@ pub struct Database {
     /// Never 0.
     pub pool_size: u32,
     pub pool_mode: PoolMode,
+    /// Who runs `auth_query` for clients missing from auth_file (this entry's, else `[pooler]`'s); None = no
+    /// lookups for this database.
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    /// The database entry the lookup connects to; None = this one.
+    pub auth_dbname: Option<String>,
 
     // ----- parsed, not acted on yet -----
     pub min_pool_size: u32,
@@ -51,9 +57,6 @@ pub struct Database {
     pub application_name: Option<String>,
     /// Run once on each new server connection, before any client uses it.
     pub connect_query: Option<String>,
-    pub auth_user: Option<String>,
-    pub auth_query: String,
-    pub auth_dbname: Option<String>,
 }
 
 /// One `[users]` entry. Pool settings stay optional: whether they win over the database's is decided per pool

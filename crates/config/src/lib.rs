@@ -7,6 +7,7 @@
 //! binary can start with. Every problem is a [`ConfigError`] naming the file, the line when there is one, the dotted
 //! key, and what is wrong; every setting accepted without effect is a [`Warning`] in [`Config::warnings`].
 
+mod auth;
 mod connstr;
 mod databases;
 mod error;

@@ -13,6 +13,7 @@ use std::time::Duration;
 pub use crate::databases::{Database, User};
 use crate::error::line_col;
 pub use crate::error::{ConfigError, Warning};
+use crate::hba::Hba;
 use crate::ini::{Entries, Entry};
 use crate::keys;
 use crate::walk::{toml_key, Section};
@@ -63,6 +64,10 @@ pub enum AuthType {
     Plain,
     Md5,
     ScramSha256,
+    /// Per connection, the first matching rule of `auth_hba_file` ([`Config::hba`]) decides.
+    Hba,
+    /// Like trust, and the user name need not be known: every database logs in as its forced `user=`.
+    Any,
 }
 
 impl AuthType {
@@ -73,6 +78,8 @@ impl AuthType {
             "plain" => Some(AuthType::Plain),
             "md5" => Some(AuthType::Md5),
             "scram-sha-256" => Some(AuthType::ScramSha256),
+            "hba" => Some(AuthType::Hba),
+            "any" => Some(AuthType::Any),
             _ => None,
         }
     }
@@ -85,6 +92,8 @@ impl fmt::Display for AuthType {
             AuthType::Plain => "plain",
             AuthType::Md5 => "md5",
             AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Hba => "hba",
+            AuthType::Any => "any",
         })
     }
 }
@@ -201,13 +210,14 @@ pub struct Pooler {
     pub stats_period: Duration,
     /// `host:port` (`[v6]:port` for IPv6) of the Prometheus endpoint; None = no endpoint.
     pub metrics_listen: Option<String>,
-    /// pg_hba.conf-style rules, for `auth_type = hba` (which pgmux refuses until it reads this file).
+    /// pg_hba.conf-style rules for `auth_type = hba`, read into [`Config::hba`].
     pub auth_hba_file: Option<PathBuf>,
     pub auth_ident_file: Option<PathBuf>,
     /// Look up users missing from auth_file with `auth_query`, logged in upstream as this user.
     pub auth_user: Option<String>,
+    /// Returns (user name, secret) for `$1`; the secret may be NULL or the row missing (no such user).
     pub auth_query: String,
-    /// The database `auth_query` runs in; None = the database the client asked for.
+    /// The database entry (a name under `[databases]`) `auth_query` runs in; None = the one the client asked for.
     pub auth_dbname: Option<String>,
     /// Set SO_REUSEPORT on the TCP listen sockets.
     pub so_reuseport: bool,
@@ -286,6 +296,8 @@ pub struct Config {
     pub users: Vec<User>,
     /// Settings accepted without effect, and other differences from PgBouncer worth a log line.
     pub warnings: Vec<Warning>,
+    /// The rules of `auth_hba_file`, read with the file when `auth_type = hba` (and only then).
+    pub hba: Option<Hba>,
 }
 
 impl Config {
@@ -440,7 +452,8 @@ fn build(path: &Path, format: Format, s: &Sections<'_>, mut warnings: Vec<Warnin
         }
         keys::check_and_report(section, keys::PEER, &mut warnings)?;
     }
-    Ok(Config { path: path.to_path_buf(), format, pooler, databases, users, warnings })
+    let hba = crate::auth::check(&s.pooler, &pooler, &databases, &mut warnings)?;
+    Ok(Config { path: path.to_path_buf(), format, pooler, databases, users, warnings, hba })
 }
 
 /// A parsed connection string: the entry's name, file and line, and its pairs as entries of their own.
@@ -541,9 +554,12 @@ pub(crate) fn apply_pooler(s: &Section<'_>, p: &mut Pooler) -> Result<(), Config
     }
     if let Some(v) = s.string("auth_type")? {
         p.auth_type = AuthType::from_file(v).ok_or_else(|| {
-            let unsupported = matches!(v.to_ascii_lowercase().as_str(), "any" | "cert" | "hba" | "pam" | "ldap");
+            let unsupported = matches!(v.to_ascii_lowercase().as_str(), "cert" | "pam" | "ldap");
             let why = if unsupported { ": a PgBouncer method pgmux does not support" } else { "" };
-            s.err("auth_type", format!("invalid value {v:?}{why} (expected trust, plain, md5 or scram-sha-256)"))
+            s.err(
+                "auth_type",
+                format!("invalid value {v:?}{why} (expected trust, plain, md5, scram-sha-256, hba or any)"),
+            )
         })?;
     }
     if let Some(f) = s.path("auth_file")? {

@@ -150,6 +150,7 @@ impl Config {
         let section = Section::new(&self.path, "pooler".into(), &table);
         crate::pooler::apply_pooler(&section, &mut next.pooler)
             .map_err(|e: ConfigError| SetError::Invalid(e.message))?;
+        crate::auth::check_set(&next).map_err(SetError::Invalid)?;
         // Database and user entries carry the global value when they did not set their own: follow the change.
         let (old, new) = (&self.pooler, next.pooler.clone());
         for db in &mut next.databases {

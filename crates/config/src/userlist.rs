@@ -25,6 +25,19 @@ pub enum Secret {
 }
 
 impl Secret {
+    /// Classifies a secret from elsewhere (what `auth_query` returned) by the auth_file's rules; a malformed SCRAM
+    /// secret is an error.
+    pub fn from_stored(secret: String) -> Result<Secret, String> {
+        Secret::classify(secret)
+    }
+
+    /// The secret as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Secret::Plain(s) | Secret::Md5(s) | Secret::Scram(s) => s,
+        }
+    }
+
     fn classify(secret: String) -> Result<Secret, String> {
         if let Some(hex) = secret.strip_prefix("md5") {
             if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {

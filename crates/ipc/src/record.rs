@@ -12,7 +12,7 @@
 use std::fmt;
 
 /// Version byte that starts every encoded record.
-pub const RECORD_VERSION: u8 = 5;
+pub const RECORD_VERSION: u8 = 6;
 /// Longest string (in bytes) a record may carry.
 pub const MAX_STRING_LEN: usize = 1024 * 1024;
 /// Most startup parameters a record may carry.
@@ -67,6 +67,10 @@ pub struct SessionRecord {
     /// The client's SCRAM ClientKey when it logged in with SCRAM-SHA-256 against a stored secret (32 bytes), else
     /// empty: lets the worker log in upstream as the user without the password.
     pub scram_client_key: Vec<u8>,
+    /// The secret `auth_query` returned for this user (md5 hash, SCRAM secret or password, as PostgreSQL stores
+    /// it), when the user is not in auth_file; else empty. The worker logs in upstream with it (with an md5 hash or
+    /// a password directly, with a SCRAM secret together with `scram_client_key`).
+    pub auth_secret: String,
 }
 
 /// Why a record could not be decoded.
@@ -268,6 +272,7 @@ impl SessionRecord {
         }
         out.extend_from_slice(&self.moved_at_ns.to_be_bytes());
         put_bytes(out, &self.scram_client_key);
+        put_bytes(out, self.auth_secret.as_bytes());
     }
 
     /// Decodes a record that must fill `buf` exactly.
@@ -333,6 +338,7 @@ impl SessionRecord {
         }
         let moved_at_ns = r.u64("moved_at_ns")?;
         let scram_client_key = r.bytes("scram_client_key", 32)?.to_vec();
+        let auth_secret = r.string("auth_secret")?;
         Ok(SessionRecord {
             session_id,
             database,
@@ -350,6 +356,7 @@ impl SessionRecord {
             listens,
             moved_at_ns,
             scram_client_key,
+            auth_secret,
         })
     }
 }
@@ -379,6 +386,7 @@ pub(crate) mod tests {
             listens: vec!["jobs".into()],
             moved_at_ns: 123_456_789,
             scram_client_key: vec![9; 32],
+            auth_secret: "md5d0763edaa9d9bd2a9516280e9044d885".into(),
         }
     }
 

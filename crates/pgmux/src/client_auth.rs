@@ -8,7 +8,14 @@
 //! An unknown user (or a secret that cannot serve the method) still gets the full exchange with a dummy secret and
 //! fails only at the end, with the same message as a wrong password, so clients cannot probe which users exist. The
 //! real reason is kept for the log (`failure_detail`).
+//!
+//! Before that, [`plan`] turns `auth_type` into what this connection must do: `hba` finds the first matching rule
+//! of the auth_hba_file and maps its method (md5, password = plain, scram-sha-256, trust) onto the same machine, or
+//! decides at once (reject, no matching rule, peer, cert), with PostgreSQL's messages; `any` lets the client in.
 
+use std::net::IpAddr;
+
+use pgmux_config::hba::{Hba, Method, Peer};
 use pgmux_config::{AuthType, Secret};
 use pgmux_proto::auth::{self, ScramError, ScramSecret, ScramServer};
 use pgmux_proto::{backend, frontend};
@@ -35,6 +42,102 @@ pub enum AuthStep {
     Done(Vec<u8>),
     /// Send a FATAL ErrorResponse with this SQLSTATE and message, then close.
     Fail { code: &'static str, message: String },
+}
+
+/// What a connection must do to log in, decided from `auth_type` (and the hba rules) before any password is asked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Authenticate with this method (trust, plain, md5 or scram-sha-256) against the user's secret.
+    Authenticate(AuthType),
+    /// In, with no password and no secret: `auth_type = any`, or a peer rule the client's OS user satisfied.
+    Accept,
+    /// Refused before any exchange; `detail` is for the log only.
+    Refuse { code: &'static str, message: String, detail: String },
+}
+
+/// Decides how the client of `peer`, asking for `database` as `user`, logs in. `os_user` reports the OS user at the
+/// other end of a Unix socket (SO_PEERCRED); it is asked only when a peer rule applies.
+pub fn plan(
+    auth_type: AuthType,
+    hba: Option<&Hba>,
+    peer: Peer,
+    database: &str,
+    user: &str,
+    os_user: impl FnOnce() -> Option<String>,
+) -> Plan {
+    match auth_type {
+        AuthType::Trust | AuthType::Plain | AuthType::Md5 | AuthType::ScramSha256 => Plan::Authenticate(auth_type),
+        AuthType::Any => Plan::Accept,
+        AuthType::Hba => {
+            // The configuration never holds auth_type = hba without rules; if it somehow did, nobody gets in.
+            let Some(hba) = hba else {
+                return Plan::Refuse {
+                    code: INVALID_AUTHORIZATION,
+                    message: format!(
+                        "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", no encryption",
+                        host(peer)
+                    ),
+                    detail: "auth_type = hba but no rules are loaded".into(),
+                };
+            };
+            plan_hba(hba, peer, database, user, os_user)
+        }
+    }
+}
+
+fn plan_hba(hba: &Hba, peer: Peer, database: &str, user: &str, os_user: impl FnOnce() -> Option<String>) -> Plan {
+    let connection = format!("host \"{}\", user \"{user}\", database \"{database}\", no encryption", host(peer));
+    let Some(rule) = hba.lookup(peer, database, user) else {
+        return Plan::Refuse {
+            code: INVALID_AUTHORIZATION,
+            message: format!("no pg_hba.conf entry for {connection}"),
+            detail: "no auth_hba_file rule matches".into(),
+        };
+    };
+    let line = rule.line;
+    match rule.method {
+        Method::Trust => Plan::Authenticate(AuthType::Trust),
+        Method::Md5 => Plan::Authenticate(AuthType::Md5),
+        Method::Password => Plan::Authenticate(AuthType::Plain),
+        Method::ScramSha256 => Plan::Authenticate(AuthType::ScramSha256),
+        Method::Reject => Plan::Refuse {
+            code: INVALID_AUTHORIZATION,
+            message: format!("pg_hba.conf rejects connection for {connection}"),
+            detail: format!("auth_hba_file line {line}: reject"),
+        },
+        Method::Peer => {
+            let why = match peer {
+                Peer::Tcp(_) => "peer authentication works only over the Unix socket".to_string(),
+                Peer::Local => match os_user() {
+                    Some(os) if os == user => return Plan::Accept,
+                    Some(os) => format!("the client runs as OS user \"{os}\""),
+                    None => "the client's OS user is unknown (no SO_PEERCRED or no passwd entry)".to_string(),
+                },
+            };
+            Plan::Refuse {
+                code: INVALID_AUTHORIZATION,
+                message: format!("Peer authentication failed for user \"{user}\""),
+                detail: format!("auth_hba_file line {line}: {why}"),
+            }
+        }
+        Method::Cert => Plan::Refuse {
+            code: INVALID_AUTHORIZATION,
+            message: format!("certificate authentication failed for user \"{user}\""),
+            detail: format!("auth_hba_file line {line}: cert needs TLS, which pgmux does not offer"),
+        },
+    }
+}
+
+/// The client's host as PostgreSQL names it in messages.
+fn host(peer: Peer) -> String {
+    match peer {
+        Peer::Local => "[local]".to_string(),
+        Peer::Tcp(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        Peer::Tcp(ip) => ip.to_string(),
+    }
 }
 
 /// What a password-type secret check compares against.
@@ -91,6 +194,8 @@ impl ClientAuth {
     ) -> (ClientAuth, AuthStep) {
         let mut me = ClientAuth { user: user.to_owned(), state: State::Finished, detail: None, client_key: None };
         let step = match auth_type {
+            // `plan` resolves these before a ClientAuth exists; reaching here is a bug, and a bug refuses.
+            AuthType::Hba | AuthType::Any => me.internal(format!("auth_type {auth_type} reached the password check")),
             AuthType::Trust => {
                 if auth_file_configured && secret.is_none() {
                     me.detail = Some(format!("no such user: {user}"));
@@ -579,6 +684,108 @@ mod tests {
         frontend::sasl_initial_response(&mut msg, SCRAM_MECHANISM, b"n,,n=,r=abcdef");
         sent(feed(&mut a, &msg));
         assert!(is_violation(&a.on_message(b'p', b"c=biws,r=wrongnonce,p=AAAA")));
+    }
+
+    fn hba(text: &str) -> Hba {
+        Hba::parse(text, std::path::Path::new("/nonexistent/pg_hba.conf")).unwrap()
+    }
+
+    fn tcp(ip: &str) -> Peer {
+        Peer::Tcp(ip.parse().unwrap())
+    }
+
+    /// The plan for `user`@`db` from `peer`, whose OS user (asked only for peer rules) is root.
+    fn planned(h: &Hba, peer: Peer, db: &str, user: &str) -> Plan {
+        plan(AuthType::Hba, Some(h), peer, db, user, || Some("root".to_string()))
+    }
+
+    fn refusal(p: Plan) -> (&'static str, String) {
+        match p {
+            Plan::Refuse { code, message, .. } => (code, message),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_auth_types_plan_themselves() {
+        for t in [AuthType::Trust, AuthType::Plain, AuthType::Md5, AuthType::ScramSha256] {
+            let p = plan(t, None, tcp("10.0.0.1"), "db", "u", || panic!("no peer lookup"));
+            assert_eq!(p, Plan::Authenticate(t));
+        }
+        assert_eq!(plan(AuthType::Any, None, Peer::Local, "db", "anyone", || None), Plan::Accept);
+        // hba without rules (impossible by configuration) lets nobody in.
+        let (code, _) = refusal(plan(AuthType::Hba, None, Peer::Local, "db", "u", || Some("u".into())));
+        assert_eq!(code, "28000");
+        // A ClientAuth never runs for these: if it did, it refuses.
+        for t in [AuthType::Hba, AuthType::Any] {
+            let (_, step) = ClientAuth::start(t, USER, None, false);
+            assert!(matches!(step, AuthStep::Fail { code: "XX000", .. }), "{step:?}");
+        }
+    }
+
+    #[test]
+    fn hba_methods_first_match_and_messages() {
+        let h = hba("local all root peer\n\
+                     local all all md5\n\
+                     host all bob 127.0.0.1/32 reject\n\
+                     hostssl all all 0.0.0.0/0 trust\n\
+                     host appdb all 127.0.0.1/32 scram-sha-256\n\
+                     host all all 127.0.0.1/32 password\n\
+                     host all peeruser 10.0.0.0/8 peer\n\
+                     host all all 10.0.0.0/8 cert\n\
+                     host all all ::1/128 trust\n");
+        assert_eq!(planned(&h, Peer::Local, "db", "root"), Plan::Accept, "peer: OS user root");
+        assert_eq!(planned(&h, Peer::Local, "db", "alice"), Plan::Authenticate(AuthType::Md5), "local md5");
+        assert_eq!(planned(&h, tcp("127.0.0.1"), "appdb", "alice"), Plan::Authenticate(AuthType::ScramSha256));
+        assert_eq!(planned(&h, tcp("127.0.0.1"), "otherdb", "alice"), Plan::Authenticate(AuthType::Plain));
+        assert_eq!(planned(&h, tcp("::1"), "x", "y"), Plan::Authenticate(AuthType::Trust));
+        assert_eq!(planned(&h, tcp("::ffff:127.0.0.1"), "appdb", "a"), Plan::Authenticate(AuthType::ScramSha256));
+        // First match wins: bob is rejected before the scram rule could apply.
+        assert_eq!(
+            refusal(planned(&h, tcp("127.0.0.1"), "appdb", "bob")),
+            (
+                "28000",
+                "pg_hba.conf rejects connection for host \"127.0.0.1\", user \"bob\", database \"appdb\", no \
+                 encryption"
+                    .to_string()
+            )
+        );
+        // hostssl never matches (no TLS): nothing else covers 192.168.x.
+        assert_eq!(
+            refusal(planned(&h, tcp("192.168.1.1"), "appdb", "alice")),
+            (
+                "28000",
+                "no pg_hba.conf entry for host \"192.168.1.1\", user \"alice\", database \"appdb\", no encryption"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            refusal(planned(&h, tcp("::ffff:192.168.1.1"), "d", "u")).1,
+            "no pg_hba.conf entry for host \"192.168.1.1\", user \"u\", database \"d\", no encryption"
+        );
+        // Peer over TCP fails; cert always fails (no TLS).
+        assert_eq!(
+            refusal(planned(&h, tcp("10.1.1.1"), "d", "peeruser")),
+            ("28000", "Peer authentication failed for user \"peeruser\"".to_string())
+        );
+        assert_eq!(
+            refusal(planned(&h, tcp("10.1.1.1"), "d", "carol")),
+            ("28000", "certificate authentication failed for user \"carol\"".to_string())
+        );
+        let local_peer = hba("local all all peer\n");
+        assert_eq!(
+            refusal(planned(&local_peer, Peer::Local, "d", "alice")).1,
+            "Peer authentication failed for user \"alice\""
+        );
+        let unknown = plan(AuthType::Hba, Some(&local_peer), Peer::Local, "d", "alice", || None);
+        match unknown {
+            Plan::Refuse { code: "28000", detail, .. } => assert!(detail.contains("unknown"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(planned(&local_peer, Peer::Local, "d", "root"), Plan::Accept);
+        // The OS user is asked for only when a peer rule applies.
+        let p = plan(AuthType::Hba, Some(&h), Peer::Local, "db", "alice", || panic!("asked for the OS user"));
+        assert_eq!(p, Plan::Authenticate(AuthType::Md5));
     }
 
     #[test]

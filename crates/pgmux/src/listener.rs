@@ -18,6 +18,11 @@
 //!
 //! With `metrics_listen` set, the listener also serves the Prometheus endpoint on the socket the supervisor bound
 //! for it (`crate::metrics::server`), asking the supervisor for snapshots the same way.
+//!
+//! How a client must log in comes from `client_auth::plan` (auth_type, or the first matching auth_hba_file rule).
+//! A user missing from auth_file, of a database with an `auth_user`, waits (phase `LookingUp`) while
+//! `crate::auth_query` looks its secret up in PostgreSQL on a helper thread; the loop goes on serving everyone else
+//! and resumes that login when the answer arrives.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -28,7 +33,8 @@ use log::{debug, error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::unistd::Pid;
-use pgmux_config::{Config, UserList};
+use pgmux_config::hba::Peer;
+use pgmux_config::{AuthType, Config, Secret, UserList};
 use pgmux_ipc::admin::AdminCommand;
 use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 use pgmux_proto::backend;
@@ -37,7 +43,8 @@ use pgmux_proto::startup::{decode_startup, startup_packet_len, Startup, StartupE
 
 use crate::admin::console::{Console, Step};
 use crate::admin::show::Local;
-use crate::client_auth::{AuthStep, ClientAuth};
+use crate::auth_query::{self, Answer, Lookups, Request, Target, Waiter};
+use crate::client_auth::{self, AuthStep, ClientAuth, Plan};
 use crate::metrics::server::{self as metrics, MetricsServer};
 use crate::net::{Conn, ReadOutcome};
 use crate::process;
@@ -58,6 +65,9 @@ pub struct ListenerContext {
 const CHANNEL: Token = Token(usize::MAX);
 /// Listen socket `i` has token `LISTEN_BASE - i`; slab slots count up from 0, so they never meet.
 const LISTEN_BASE: usize = usize::MAX - 1;
+/// The waker of finished auth_query lookups: far from the slab's slots, the listen sockets' tokens and the metrics
+/// endpoint's (from `usize::MAX / 2` up).
+const LOOKUPS: Token = Token(usize::MAX / 4);
 const TICK: Duration = Duration::from_millis(100);
 /// Largest password/SASL message accepted during authentication (PostgreSQL uses the same limit).
 const MAX_AUTH_MSG_LEN: u32 = 8192;
@@ -96,10 +106,10 @@ struct ListenEntry {
 }
 
 impl ListenEntry {
-    fn accept(&self) -> io::Result<(OwnedFd, String)> {
+    fn accept(&self) -> io::Result<(OwnedFd, String, Peer)> {
         match &self.sock {
-            Acceptor::Tcp(l) => l.accept().map(|(s, addr)| (OwnedFd::from(s), addr.to_string())),
-            Acceptor::Unix(l) => l.accept().map(|(s, _)| (OwnedFd::from(s), "unix".to_string())),
+            Acceptor::Tcp(l) => l.accept().map(|(s, addr)| (OwnedFd::from(s), addr.to_string(), Peer::Tcp(addr.ip()))),
+            Acceptor::Unix(l) => l.accept().map(|(s, _)| (OwnedFd::from(s), "unix".to_string(), Peer::Local)),
         }
     }
 
@@ -118,10 +128,16 @@ struct LoginInfo {
     params: Vec<(String, String)>,
     /// From a SCRAM login: passed on so the worker can log in upstream with it.
     scram_client_key: Option<[u8; 32]>,
+    /// The secret auth_query found for a user missing from auth_file: the worker logs in upstream with it.
+    auth_secret: Option<String>,
 }
 
 enum Phase {
     ReadingStartup,
+    /// Waiting for auth_query to find the user's secret; then authenticating with `method`.
+    LookingUp {
+        method: AuthType,
+    },
     Authenticating(Box<ClientAuth>),
     /// Authenticated; waiting for the last auth bytes to reach the client.
     HandingOff,
@@ -139,6 +155,8 @@ enum Phase {
 struct Client {
     sock: Conn,
     addr: String,
+    /// Where the client comes from, as auth_hba_file rules match it.
+    peer: Peer,
     accepted: Instant,
     phase: Phase,
     inbuf: Vec<u8>,
@@ -167,12 +185,16 @@ enum Verdict {
     HandOff,
     /// A console command for the supervisor.
     Admin(AdminCommand),
+    /// Look the user's secret up (auth_query); the connection waits in `Phase::LookingUp`.
+    Lookup(Box<Request>),
 }
 
 /// The read-only configuration a connection consults.
 struct Env<'a> {
     config: &'a Config,
     userlist: &'a UserList,
+    /// Secrets auth_query found lately.
+    cache: &'a auth_query::Cache,
     /// Connections this listener holds (logging in, or consoles).
     connections: usize,
 }
@@ -199,6 +221,8 @@ struct Listener {
     admin_requests: std::collections::HashMap<u64, usize>,
     next_admin_id: u64,
     metrics: Option<MetricsServer>,
+    /// auth_query lookups: running, queued, cached.
+    lookups: Lookups,
 }
 
 impl Listener {
@@ -221,6 +245,7 @@ impl Listener {
             Some(fd) => Some(MetricsServer::new(fd, poll.registry())?),
             None => None,
         };
+        let lookups = Lookups::new(mio::Waker::new(poll.registry(), LOOKUPS)?);
         Ok(Listener {
             index: ctx.index,
             config: ctx.config,
@@ -242,6 +267,7 @@ impl Listener {
             admin_requests: std::collections::HashMap::new(),
             next_admin_id: 1,
             metrics,
+            lookups,
         })
     }
 
@@ -267,6 +293,7 @@ impl Listener {
                             self.flush_outbox();
                         }
                     }
+                    LOOKUPS => self.lookups_done(),
                     Token(t) if t < self.clients.len() => {
                         if let Some(Some(c)) = self.clients.get_mut(t) {
                             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -324,7 +351,7 @@ impl Listener {
                     break;
                 }
                 match l.accept() {
-                    Ok((fd, addr)) => self.add_client(fd, addr),
+                    Ok((fd, addr, peer)) => self.add_client(fd, addr, peer),
                     Err(e) => match e.kind() {
                         io::ErrorKind::WouldBlock => {
                             l.ready = false;
@@ -361,7 +388,7 @@ impl Listener {
         }
     }
 
-    fn add_client(&mut self, fd: OwnedFd, addr: String) {
+    fn add_client(&mut self, fd: OwnedFd, addr: String, peer: Peer) {
         let in_progress = self.clients.len() - self.free.len();
         if in_progress >= self.config.pooler.max_client_conn as usize {
             self.refuse(fd, &addr);
@@ -394,6 +421,7 @@ impl Listener {
         let client = Client {
             sock,
             addr,
+            peer,
             accepted: Instant::now(),
             phase: Phase::ReadingStartup,
             inbuf: Vec::new(),
@@ -447,9 +475,9 @@ impl Listener {
 
     fn drive(&mut self, slot: usize) {
         let connections = self.clients.len() - self.free.len();
-        let env = Env { config: &self.config, userlist: &self.userlist, connections };
-        let verdict = match self.clients.get_mut(slot) {
-            Some(Some(c)) => c.advance(&env),
+        let env = Env { config: &self.config, userlist: &self.userlist, cache: &self.lookups.cache, connections };
+        let (verdict, cid) = match self.clients.get_mut(slot) {
+            Some(Some(c)) => (c.advance(&env), c.cid),
             _ => return,
         };
         match verdict {
@@ -468,6 +496,27 @@ impl Listener {
                 }
                 self.admin_requests.insert(id, slot);
                 self.send(&Msg::AdminRequest { id, command }, Vec::new(), "console command");
+            }
+            Verdict::Lookup(request) => self.lookups.request(*request, Waiter { slot, cid }),
+        }
+    }
+
+    /// Resumes the logins whose auth_query lookup has finished.
+    fn lookups_done(&mut self) {
+        for done in self.lookups.finished(Instant::now()) {
+            let (database, user) = &done.key;
+            match &done.answer {
+                Ok(Some(_)) => debug!("auth_query found a secret for {database}/{user} ({:?})", done.took),
+                Ok(None) => debug!("auth_query: no usable secret for {database}/{user} ({:?})", done.took),
+                Err(why) => warn!("auth_query for {database}/{user} failed ({:?}): {why}", done.took),
+            }
+            for w in done.waiters {
+                match self.clients.get_mut(w.slot) {
+                    // The slot may have been reused by a later connection since this one gave up.
+                    Some(Some(c)) if c.cid == w.cid => c.resume_lookup(&done.answer),
+                    _ => continue,
+                }
+                self.drive(w.slot);
             }
         }
     }
@@ -500,6 +549,7 @@ impl Listener {
             client_addr: c.addr,
             pending_input: std::mem::take(&mut c.inbuf),
             scram_client_key: login.scram_client_key.map(|k| k.to_vec()).unwrap_or_default(),
+            auth_secret: login.auth_secret.unwrap_or_default(),
             ..SessionRecord::default()
         };
         self.send(&Msg::Login { record }, vec![c.sock.into_fd()], "login");
@@ -637,6 +687,8 @@ impl Listener {
             self.exit = Some(1);
             return;
         }
+        // A lookup's wake-up could only be lost if the eventfd failed; the tick picks its answer up regardless.
+        self.lookups_done();
         let now = Instant::now();
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
@@ -707,6 +759,8 @@ impl Client {
                     Some(v) => return v,
                     None => continue,
                 },
+                // Nothing to read before the lookup answers: what the client sends meanwhile waits in the kernel.
+                Phase::LookingUp { .. } => return Verdict::Wait,
                 Phase::ReadingStartup | Phase::Authenticating(_) => {}
             }
             match self.process(env) {
@@ -748,7 +802,7 @@ impl Client {
         match self.phase {
             Phase::ReadingStartup => return self.process_startup(env),
             Phase::Authenticating(_) => {}
-            Phase::HandingOff | Phase::Closing { .. } | Phase::Console(_) => return None,
+            Phase::HandingOff | Phase::Closing { .. } | Phase::Console(_) | Phase::LookingUp { .. } => return None,
         }
         // Judge the header before buffering the body: only small password messages are valid now.
         let h = peek_header(&self.inbuf)?;
@@ -800,39 +854,146 @@ impl Client {
                 debug!("{}: cancel request", self.addr);
                 return Some(Verdict::Cancel { pid, key });
             }
-            Ok(StartupPacket::Startup(s)) => self.start_login(s, env),
+            Ok(StartupPacket::Startup(s)) => {
+                if let Some(v) = self.start_login(s, env) {
+                    return Some(v);
+                }
+            }
         }
         Some(Verdict::Wait)
     }
 
-    fn start_login(&mut self, s: Startup, env: &Env<'_>) {
+    /// Acts on the startup packet: decides how this client logs in and starts that. Some(Lookup) when the user's
+    /// secret must first be looked up with auth_query.
+    fn start_login(&mut self, s: Startup, env: &Env<'_>) -> Option<Verdict> {
         if s.minor > 0 || !s.protocol_options.is_empty() {
             backend::negotiate_protocol_version(&mut self.out, 0, &s.protocol_options);
         }
         let (Some(user), Some(database)) = (s.user(), s.database()) else {
             self.fail("28000", "no PostgreSQL user name specified in startup packet".into(), None);
-            return;
+            return None;
         };
         let (user, database) = (user.to_owned(), database.to_owned());
         let params = s.params.into_iter().filter(|(n, _)| n != "user" && n != "database").collect();
-        self.login = Some(LoginInfo { database: database.clone(), user: user.clone(), params, scram_client_key: None });
+        self.login = Some(LoginInfo {
+            database: database.clone(),
+            user: user.clone(),
+            params,
+            scram_client_key: None,
+            auth_secret: None,
+        });
         info!("{} login attempt: db={database} user={user} tls=no", self.who());
         let console = crate::admin::is_console_database(&database);
         if console && self.addr == "unix" && crate::admin::is_own_user_over_unix(&self.sock, &user) {
             // PgBouncer lets the OS user running it into the console over the Unix socket without a password.
             self.peer_admin = true;
             self.phase = Phase::HandingOff;
-            return;
+            return None;
         }
         if !console && env.config.database(&database).is_none() {
             self.fail("3D000", format!("no such database: {database}"), None);
-            return;
+            return None;
         }
         let pooler = &env.config.pooler;
-        let (auth, step) =
-            ClientAuth::start(pooler.auth_type, &user, env.userlist.get(&user), pooler.auth_file.is_some());
+        let sock = &self.sock;
+        let plan = client_auth::plan(pooler.auth_type, env.config.hba.as_ref(), self.peer, &database, &user, || {
+            peer_os_user(sock)
+        });
+        let method = match plan {
+            Plan::Refuse { code, message, detail } => {
+                self.fail(code, message, Some(&detail));
+                return None;
+            }
+            Plan::Accept => {
+                self.accept_without_password(env, &database, console);
+                return None;
+            }
+            Plan::Authenticate(method) => method,
+        };
+        // auth_file first: a user listed there is never looked up.
+        let listed = env.userlist.get(&user);
+        // Trust needs no secret, only (with an auth_file) a known user.
+        let needs_user = listed.is_none() && (method != AuthType::Trust || pooler.auth_file.is_some());
+        let target = if needs_user && !console {
+            match Target::resolve(env.config, env.userlist, &database) {
+                Ok(t) => t,
+                Err(why) => {
+                    warn!("{}: cannot run auth_query: {why}", self.who());
+                    self.lookup_failed(&why);
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        let Some(target) = target else {
+            self.authenticate(method, listed, pooler.auth_file.is_some());
+            return None;
+        };
+        if let Some(secret) = env.cache.get(&database, &user, Instant::now()) {
+            let secret = secret.clone();
+            self.authenticate_looked_up(method, secret);
+            return None;
+        }
+        self.phase = Phase::LookingUp { method };
+        Some(Verdict::Lookup(Box::new(Request { key: (database, user), target })))
+    }
+
+    /// `any`, or a satisfied peer rule: in without a password. Under `any` the session is the database's forced
+    /// user's, as in PgBouncer (pools are per forced user, not per name a client made up).
+    fn accept_without_password(&mut self, env: &Env<'_>, database: &str, console: bool) {
+        if env.config.pooler.auth_type == AuthType::Any && !console {
+            // The configuration refuses `any` unless every database has a forced user; without one, refuse.
+            let Some(forced) = env.config.database(database).and_then(|d| d.user.clone()) else {
+                let message = format!("auth_type = any needs user= for database \"{database}\"");
+                self.fail(client_auth::INVALID_AUTHORIZATION, message, None);
+                return;
+            };
+            if let Some(login) = self.login.as_mut() {
+                login.user = forced;
+            }
+        }
+        self.phase = Phase::HandingOff;
+    }
+
+    /// The lookup this connection waited for has answered.
+    fn resume_lookup(&mut self, answer: &Answer) {
+        let Phase::LookingUp { method } = self.phase else { return };
+        match answer {
+            Err(why) => self.lookup_failed(why),
+            // No such user: the same exchange, and the same failure, as a wrong password.
+            Ok(None) => self.authenticate(method, None, true),
+            Ok(Some(text)) => match Secret::from_stored(text.clone()) {
+                Ok(secret) => self.authenticate_looked_up(method, secret),
+                Err(e) => {
+                    warn!("{}: auth_query returned an unusable secret: {e}", self.who());
+                    self.authenticate(method, None, true);
+                }
+            },
+        }
+    }
+
+    /// Authenticates against a secret auth_query found, which then goes with the session to the worker.
+    fn authenticate_looked_up(&mut self, method: AuthType, secret: Secret) {
+        if let Some(login) = self.login.as_mut() {
+            login.auth_secret = Some(secret.as_str().to_string());
+        }
+        self.authenticate(method, Some(&secret), true);
+    }
+
+    fn authenticate(&mut self, method: AuthType, secret: Option<&Secret>, known_users_only: bool) {
+        let user = self.login.as_ref().map(|l| l.user.clone()).unwrap_or_default();
+        let (auth, step) = ClientAuth::start(method, &user, secret, known_users_only);
         self.phase = Phase::Authenticating(Box::new(auth));
         self.apply(step);
+    }
+
+    /// auth_query could not run: the client hears that the lookup failed (not that its password was wrong); the
+    /// log says why.
+    fn lookup_failed(&mut self, why: &str) {
+        let user = self.login.as_ref().map(|l| l.user.clone()).unwrap_or_default();
+        let message = format!("could not look up user \"{user}\": auth_query failed (the pooler's log says why)");
+        self.fail("08006", message, Some(why));
     }
 
     fn apply(&mut self, step: AuthStep) {
@@ -976,6 +1137,12 @@ impl Client {
             None => format!("C-0x{:x}: (nodb)/(nouser)@{}", self.cid, self.addr),
         }
     }
+}
+
+/// The OS user at the other end of a Unix socket (SO_PEERCRED), for peer rules.
+fn peer_os_user(sock: &Conn) -> Option<String> {
+    let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid())).ok().flatten().map(|u| u.name)
 }
 
 fn tag_name(tag: u8) -> String {

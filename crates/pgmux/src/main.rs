@@ -4,6 +4,7 @@
 //! which forks the listeners and workers. Nothing is bound when the configuration is wrong.
 
 mod admin;
+mod auth_query;
 mod board;
 mod client_auth;
 mod listener;

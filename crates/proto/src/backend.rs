@@ -302,6 +302,29 @@ pub fn parse_backend_key_data(body: &[u8]) -> Result<(u32, u32), DecodeError> {
     Ok((pid, key))
 }
 
+/// A DataRow's columns (`None` is NULL). The column count is checked against the bytes present before anything is
+/// allocated, and every length against what remains.
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, DecodeError> {
+    let mut cur = Cursor::new(body);
+    let count = usize::from(cur.read_u16().ctx("DataRow column count")?);
+    // Each column takes at least its 4-byte length.
+    if count.saturating_mul(4) > cur.remaining() {
+        return Err(DecodeError::Invalid("DataRow column count (more than the message holds)"));
+    }
+    let mut cols = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = cur.read_i32().ctx("DataRow column length")?;
+        if len == -1 {
+            cols.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| DecodeError::Invalid("DataRow column length"))?;
+        cols.push(Some(cur.read_bytes(len).ctx("DataRow column value")?));
+    }
+    expect_end(&cur, "trailing bytes after DataRow")?;
+    Ok(cols)
+}
+
 pub fn parse_ready_for_query(body: &[u8]) -> Result<u8, DecodeError> {
     let mut cur = Cursor::new(body);
     let status = cur.read_u8().ctx("ReadyForQuery status")?;
@@ -372,6 +395,17 @@ mod tests {
         let bytes = enc(|o| error_response_full(o, &full));
         assert_eq!(bytes, b"E\0\0\0\x23SERROR\0VERROR\0C08P01\0Mm\0Dd\0Hh\0\0");
         assert_eq!(parse_error_fields(&bytes[5..]), Ok(full));
+    }
+
+    #[test]
+    fn data_rows() {
+        let row = enc(|o| data_row(o, &[Some("alice"), None, Some("")]));
+        assert_eq!(parse_data_row(&row[5..]), Ok(vec![Some(&b"alice"[..]), None, Some(&b""[..])]));
+        assert_prefixes_fail(&row[5..], |x| parse_data_row(x).is_ok());
+        assert_eq!(parse_data_row(b"\0\0"), Ok(vec![]));
+        assert!(parse_data_row(b"\0\x01\xff\xff\xff\xfe").is_err(), "negative length other than -1");
+        assert!(parse_data_row(b"\xff\xff\0\0\0\0").is_err(), "count beyond the body");
+        assert!(parse_data_row(b"\0\0x").is_err(), "trailing bytes");
     }
 
     #[test]
@@ -492,6 +526,7 @@ mod tests {
             let _ = parse_backend_key_data(&buf);
             let _ = parse_ready_for_query(&buf);
             let _ = parse_error_fields(&buf);
+            let _ = parse_data_row(&buf);
         }
     }
 }

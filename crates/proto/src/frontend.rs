@@ -76,6 +76,42 @@ pub fn execute(out: &mut Vec<u8>, portal: &str, max_rows: u32) {
     });
 }
 
+/// Parse: prepare `query` as statement `name` (empty = unnamed); a type of 0 lets the server infer it.
+pub fn parse(out: &mut Vec<u8>, name: &str, query: &str, param_types: &[u32]) {
+    message(out, b'P', |b| {
+        put_cstr(b, name.as_bytes());
+        put_cstr(b, query.as_bytes());
+        b.extend_from_slice(&u16::try_from(param_types.len()).unwrap_or(u16::MAX).to_be_bytes());
+        for t in param_types.iter().take(usize::from(u16::MAX)) {
+            put_u32(b, *t);
+        }
+    });
+}
+
+/// Bind with every parameter in text format (`None` is NULL) and every result column in text format. Values travel
+/// as parameters, never inside the query text, so no value can change what the statement does.
+pub fn bind_text(out: &mut Vec<u8>, portal: &str, statement: &str, params: &[Option<&[u8]>]) {
+    message(out, b'B', |b| {
+        put_cstr(b, portal.as_bytes());
+        put_cstr(b, statement.as_bytes());
+        // No parameter format codes: all text.
+        b.extend_from_slice(&0u16.to_be_bytes());
+        let params = params.get(..params.len().min(usize::from(u16::MAX))).unwrap_or_default();
+        b.extend_from_slice(&u16::try_from(params.len()).unwrap_or(u16::MAX).to_be_bytes());
+        for p in params {
+            match p {
+                Some(v) => {
+                    put_u32(b, u32::try_from(v.len()).unwrap_or(u32::MAX));
+                    b.extend_from_slice(v);
+                }
+                None => put_u32(b, u32::MAX),
+            }
+        }
+        // No result format codes: all text.
+        b.extend_from_slice(&0u16.to_be_bytes());
+    });
+}
+
 // ---------------------------------------------------------------- decoding
 
 /// Fails on trailing bytes: a body longer than its type allows means the
@@ -280,6 +316,19 @@ mod tests {
         assert!(parse_parse(b"\0q\0\0\0\0\0\0\x17").is_err());
         assert!(parse_parse(b"\0q\0\xff\xff").is_err());
         assert_eq!(parse_parse(b"\xff\0q\0\0\0"), Err(DecodeError::InvalidUtf8("Parse statement name")));
+    }
+
+    #[test]
+    fn parse_and_bind_encoders() {
+        let mut out = Vec::new();
+        parse(&mut out, "", "SELECT $1", &[0]);
+        assert_eq!(out, b"P\0\0\0\x15\0SELECT $1\0\0\x01\0\0\0\0");
+        let p = parse_parse(&out[5..]).unwrap();
+        assert_eq!((p.name, p.query, p.param_types), ("", "SELECT $1", vec![0]));
+        let mut out = Vec::new();
+        bind_text(&mut out, "", "", &[Some(b"al'ice"), None]);
+        assert_eq!(out, b"B\0\0\0\x1a\0\0\0\0\0\x02\0\0\0\x06al'ice\xff\xff\xff\xff\0\0");
+        assert_eq!(parse_bind(&out[5..]), Ok(Bind { portal: "", statement: "" }));
     }
 
     #[test]

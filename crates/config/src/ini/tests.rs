@@ -271,7 +271,7 @@ fn value_errors_name_line_and_key() {
         ("listen_port = 64xx", "pgbouncer.listen_port", "invalid value \"64xx\""),
         ("listen_port =", "pgbouncer.listen_port", "invalid value \"\""),
         ("pool_mode = sesion", "pgbouncer.pool_mode", "invalid value \"sesion\""),
-        ("auth_type = hba", "pgbouncer.auth_type", "a PgBouncer method pgmux does not support"),
+        ("auth_type = pam", "pgbouncer.auth_type", "a PgBouncer method pgmux does not support"),
         ("client_login_timeout = soon", "pgbouncer.client_login_timeout", "expected a number of seconds"),
         ("query_wait_timeout = -1", "pgbouncer.query_wait_timeout", "invalid value -1"),
         ("server_lifetime = inf", "pgbouncer.server_lifetime", "invalid value \"inf\""),

@@ -264,7 +264,7 @@ fn bad_enum_values() {
     assert_err(
         &pooler_err("auth_type = \"md6\""),
         "pooler.auth_type",
-        "invalid value \"md6\" (expected trust, plain, md5 or scram-sha-256)",
+        "invalid value \"md6\" (expected trust, plain, md5, scram-sha-256, hba or any)",
     );
     assert_err(
         &db_err("pool_mode = \"txn\""),
@@ -421,6 +421,98 @@ fn relative_socket_dir_resolves_against_config_dir() {
         Config::parse("[pooler]\nunix_socket_dir = \"run\"\n[databases.x]\n", Path::new("/srv/pooler.toml")).unwrap();
     assert_eq!(c.pooler.unix_socket_dir, Some(PathBuf::from("/srv/run")));
     assert_eq!(c.databases[0].host, "/srv/run");
+}
+
+/// A scratch directory for files a configuration names (auth_hba_file).
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgmux-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn auth_type_hba_reads_its_rules_with_the_file() {
+    let dir = scratch("hba");
+    let toml = dir.join("pooler.toml");
+    std::fs::write(dir.join("hba.conf"), "local all all peer\nhost all all 0.0.0.0/0 md5\n").unwrap();
+    std::fs::write(dir.join("bad.conf"), "local all all peer\nhost all all localhost md5\n").unwrap();
+    let load = |pooler: &str| Config::parse(&format!("[pooler]\n{pooler}\n[databases.x]\n"), &toml);
+
+    // Relative to the configuration's directory, read with it.
+    let c = load("auth_type = \"hba\"\nauth_hba_file = \"hba.conf\"").unwrap();
+    assert_eq!(c.pooler.auth_type, AuthType::Hba);
+    assert_eq!(c.pooler.auth_type.to_string(), "hba");
+    assert_eq!(c.hba.as_ref().map(|h| h.rules.len()), Some(2));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    let e = load("auth_type = \"hba\"").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("pooler.auth_type"));
+    assert!(e.message.contains("auth_type = hba needs auth_hba_file"), "{e}");
+    // A bad rules file fails the load, naming its own file and line.
+    let e = load("auth_type = \"hba\"\nauth_hba_file = \"bad.conf\"").unwrap_err();
+    assert_eq!((e.file.clone(), e.line), (dir.join("bad.conf"), Some(2)), "{e}");
+    assert!(e.message.contains("DNS"), "{e}");
+    let e = load("auth_type = \"HBA\"\nauth_hba_file = \"missing.conf\"").unwrap_err();
+    assert_eq!(e.file, dir.join("missing.conf"));
+    assert!(e.message.contains("cannot read file"), "{e}");
+
+    // Not read (and said so) for another auth_type, as PgBouncer reads it only for hba.
+    let c = load("auth_type = \"md5\"\nauth_hba_file = \"bad.conf\"").unwrap();
+    assert!(c.hba.is_none());
+    let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(lines, [format!("{}: pooler.auth_hba_file: has no effect unless auth_type = hba", toml.display())]);
+
+    // The console's SET: switching to hba needs the rules loaded with the file; away and back is fine.
+    assert!(
+        matches!(c.with_setting("auth_type", "hba"), Err(crate::settings::SetError::Invalid(m)) if m.contains("reload"))
+    );
+    let h = load("auth_type = \"hba\"\nauth_hba_file = \"hba.conf\"").unwrap();
+    let md5 = h.with_setting("auth_type", "md5").unwrap();
+    assert_eq!(md5.with_setting("auth_type", "hba").unwrap().pooler.auth_type, AuthType::Hba);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn auth_type_any_needs_a_forced_user_everywhere() {
+    let e = parse(
+        "[pooler]\nauth_type = \"any\"\n[databases.a]\nuser = \"app\"\n[databases.b]\n[databases.\"*\"]\nhost = \"h\"\n",
+    )
+    .unwrap_err();
+    assert_err(&e, "pooler.auth_type", "every database must log in as a fixed user; add user=... to: *, b");
+    let c = parse("[pooler]\nauth_type = \"any\"\n[databases.a]\nuser = \"app\"\n[databases.\"*\"]\nuser = \"web\"\n")
+        .unwrap();
+    assert_eq!(c.pooler.auth_type, AuthType::Any);
+    assert_eq!(c.pooler.auth_type.to_string(), "any");
+    // SET auth_type = any follows the same rule.
+    let plain = parse("[pooler]\n[databases.a]\n").unwrap();
+    assert!(
+        matches!(plain.with_setting("auth_type", "any"), Err(crate::settings::SetError::Invalid(m)) if m.contains("to: a"))
+    );
+    assert_eq!(
+        c.with_setting("auth_type", "md5").unwrap().with_setting("auth_type", "any").unwrap().pooler.auth_type,
+        AuthType::Any
+    );
+    // Methods pgmux lacks are refused by name.
+    assert_err(&pooler_err("auth_type = \"pam\""), "pooler.auth_type", "a PgBouncer method pgmux does not support");
+}
+
+#[test]
+fn auth_query_keys_are_applied() {
+    let c = parse(
+        "[pooler]\nauth_user = \"pgb\"\nauth_query = \"SELECT u, p FROM users WHERE u = $1\"\nauth_dbname = \"authdb\"\n\
+         [databases.authdb]\n[databases.a]\nauth_user = \"own\"\nauth_dbname = \"nowhere\"\n",
+    )
+    .unwrap();
+    let a = c.database("a").unwrap();
+    assert_eq!((a.auth_user.as_deref(), a.auth_dbname.as_deref()), (Some("own"), Some("nowhere")));
+    assert_eq!(a.auth_query, "SELECT u, p FROM users WHERE u = $1", "from [pooler]");
+    let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    // Applied keys raise no "no effect" warning; an auth_dbname naming no database does.
+    assert_eq!(
+        lines,
+        ["/etc/pgmux/pooler.toml: pooler.auth_dbname: \"nowhere\" names no database: lookups that need it will \
+          fail (add it to the databases)"]
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ mod session;
 mod settings;
 mod statements;
 mod stats;
-mod upstream;
+pub(crate) mod upstream;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -130,6 +130,9 @@ struct Worker {
     login_params: Vec<(String, String)>,
     login_user: String,
     credential: Credential,
+    /// The login user has neither a `password=` nor an auth_file entry: the secret auth_query found comes with the
+    /// sessions' records (`take_credential`).
+    credential_from_records: bool,
     sessions: Vec<Option<Session>>,
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
@@ -224,6 +227,7 @@ impl Worker {
             },
             _ => Credential::None,
         };
+        let credential_from_records = db.password.is_none() && ctx.userlist.get(&login_user).is_none();
         let dbname = config.upstream_dbname(db, &ctx.database).to_string();
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         poll.registry()
@@ -247,6 +251,7 @@ impl Worker {
             request_at: Instant::now(),
             login_user: login_user.clone(),
             credential,
+            credential_from_records,
             ctx,
             poll,
             sessions: Vec::new(),
@@ -420,12 +425,7 @@ impl Worker {
             }
         };
         conn.set_nodelay();
-        // A SCRAM secret alone cannot log in upstream; a client's ClientKey (from its own SCRAM login) can.
-        if let Credential::Scram { client_key: client_key @ None, .. } = &mut self.credential {
-            if let Ok(key) = <[u8; 32]>::try_from(record.scram_client_key.as_slice()) {
-                *client_key = Some(key);
-            }
-        }
+        self.take_credential(&record);
         if let Err(msg) = self.ensure_upstream() {
             let mut out = Vec::new();
             be::error_response(&mut out, "FATAL", "08006", &msg);
@@ -712,6 +712,30 @@ impl Worker {
     }
 
     // ----- the upstream -----
+
+    /// Learns from a session's record what the upstream login may need. A secret or key in a record is the
+    /// record's user's, so it serves only when that user is the one logging in upstream (no forced `user=`).
+    fn take_credential(&mut self, record: &SessionRecord) {
+        if record.user != self.login_user {
+            return;
+        }
+        // A user auth_query found has no auth_file entry: its sessions bring the secret. A fresh login's lookup is
+        // the newest (the password may have changed), a moved session's only better than nothing.
+        if self.credential_from_records && !record.auth_secret.is_empty() {
+            let offered = Credential::from_lookup(&record.auth_secret, &record.scram_client_key);
+            let fresh = record.flags & FLAG_MIGRATED == 0;
+            if matches!(self.credential, Credential::None) || (fresh && !offered.same_secret(&self.credential)) {
+                self.credential = offered;
+                return;
+            }
+        }
+        // A SCRAM secret alone cannot log in upstream; a client's ClientKey (from its own SCRAM login) can.
+        if let Credential::Scram { client_key: client_key @ None, .. } = &mut self.credential {
+            if let Ok(key) = <[u8; 32]>::try_from(record.scram_client_key.as_slice()) {
+                *client_key = Some(key);
+            }
+        }
+    }
 
     fn ensure_upstream(&mut self) -> Result<(), String> {
         if self.upstream.is_some() {

@@ -65,6 +65,33 @@ pub enum Credential {
     },
 }
 
+impl Credential {
+    /// What a secret `auth_query` returned (carried in a session's record) lets pgmux log in with: an md5 hash
+    /// answers md5, a password anything, a SCRAM secret SCRAM together with the ClientKey of that session's own SCRAM
+    /// login (`client_key`, 32 bytes, or empty). A SCRAM secret that does not parse gives nothing.
+    pub fn from_lookup(secret: &str, client_key: &[u8]) -> Credential {
+        match pgmux_config::Secret::from_stored(secret.to_string()) {
+            Ok(pgmux_config::Secret::Plain(p)) => Credential::Plain(p),
+            Ok(pgmux_config::Secret::Md5(h)) => Credential::Md5(h),
+            Ok(pgmux_config::Secret::Scram(text)) => match ScramSecret::parse(&text) {
+                Some(secret) => Credential::Scram { secret, client_key: <[u8; 32]>::try_from(client_key).ok() },
+                None => Credential::None,
+            },
+            Err(_) => Credential::None,
+        }
+    }
+
+    /// Whether both hold the same secret (a SCRAM ClientKey aside).
+    pub fn same_secret(&self, other: &Credential) -> bool {
+        match (self, other) {
+            (Credential::None, Credential::None) => true,
+            (Credential::Plain(a), Credential::Plain(b)) | (Credential::Md5(a), Credential::Md5(b)) => a == b,
+            (Credential::Scram { secret: a, .. }, Credential::Scram { secret: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// Either side of a SCRAM exchange pgmux can run as a client.
 enum ScramLogin {
     Password(ScramClient),
@@ -209,9 +236,9 @@ pub fn connect(
                             ),
                             Credential::Scram { client_key: None, .. } => {
                                 return Err(UpstreamError::Auth(format!(
-                                    "server asks for SCRAM-SHA-256 authentication of user \"{user}\"; auth_file has \
-                                     only a SCRAM secret, usable once this user has logged in to pgmux with \
-                                     SCRAM-SHA-256"
+                                    "server asks for SCRAM-SHA-256 authentication of user \"{user}\"; pgmux has \
+                                     only a SCRAM secret (from auth_file or auth_query), usable once this user has \
+                                     logged in to pgmux with SCRAM-SHA-256"
                                 )))
                             }
                             _ => return Err(no_password("SCRAM-SHA-256", user)),
@@ -311,7 +338,7 @@ fn open_socket(addr: &Address, timeout: Duration) -> Result<OwnedFd, UpstreamErr
     }
 }
 
-fn send_all(conn: &Conn, data: &[u8], deadline: Instant) -> Result<(), UpstreamError> {
+pub(crate) fn send_all(conn: &Conn, data: &[u8], deadline: Instant) -> Result<(), UpstreamError> {
     let left = deadline.saturating_duration_since(Instant::now());
     conn.write_all_timeout(data, left).map_err(|e| match e.kind() {
         io::ErrorKind::TimedOut => UpstreamError::Timeout,
@@ -320,7 +347,7 @@ fn send_all(conn: &Conn, data: &[u8], deadline: Instant) -> Result<(), UpstreamE
 }
 
 /// Read one whole backend message during login (bounded: login messages are small).
-fn read_message(conn: &Conn, buf: &mut Vec<u8>, deadline: Instant) -> Result<(u8, Vec<u8>), UpstreamError> {
+pub(crate) fn read_message(conn: &Conn, buf: &mut Vec<u8>, deadline: Instant) -> Result<(u8, Vec<u8>), UpstreamError> {
     const LOGIN_MAX: u32 = 1 << 20;
     loop {
         if let Some(h) = frame::peek_header(buf) {
@@ -368,5 +395,44 @@ pub fn send_cancel(addr: &Address, pid: u32, key: u32, timeout: Duration) -> Res
                 let _ = conn.wait(libc::POLLIN, left);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A well-formed SCRAM secret in PostgreSQL's notation (arbitrary keys).
+    const SCRAM: &str = "SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$\
+                         Lh+8RqDl0/TWtfzY9+z6n0cNEdWXpfWDhVbwWZ9Sl9M=:\
+                         o6eJzAkHyxaG0mnq+LNqUQeIjtyxb7NXyb8wjmPuwiQ=";
+
+    #[test]
+    fn credentials_from_looked_up_secrets() {
+        let md5 = "md5d0763edaa9d9bd2a9516280e9044d885";
+        assert!(matches!(Credential::from_lookup(md5, &[]), Credential::Md5(h) if h == md5));
+        assert!(matches!(Credential::from_lookup("pw", &[]), Credential::Plain(p) if p == "pw"));
+        let key = [7u8; 32];
+        match Credential::from_lookup(SCRAM, &key) {
+            Credential::Scram { secret, client_key } => {
+                assert_eq!(secret.iterations, 4096);
+                assert_eq!(client_key, Some(key));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A key of the wrong length is no key; a mangled SCRAM secret is nothing to log in with.
+        assert!(matches!(Credential::from_lookup(SCRAM, &[1, 2]), Credential::Scram { client_key: None, .. }));
+        assert!(matches!(Credential::from_lookup("SCRAM-SHA-256$x", &key), Credential::None));
+    }
+
+    #[test]
+    fn same_secret_ignores_the_client_key() {
+        let a = Credential::from_lookup(SCRAM, &[1; 32]);
+        let b = Credential::from_lookup(SCRAM, &[]);
+        assert!(a.same_secret(&b));
+        assert!(!a.same_secret(&Credential::Plain("pw".into())));
+        assert!(Credential::Md5("md5x".into()).same_secret(&Credential::Md5("md5x".into())));
+        assert!(!Credential::Md5("md5x".into()).same_secret(&Credential::Md5("md5y".into())));
+        assert!(Credential::None.same_secret(&Credential::None));
     }
 }
