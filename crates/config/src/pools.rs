@@ -161,7 +161,9 @@ max_user_client_connections = 0
 
     #[test]
     fn precedence_is_pgbouncers() {
-        let c = config(&FILE.replace("dedicated_users = \"ops\"", "dedicated_users = \"ops\"\ndedicated_databases = \"opsdb\""));
+        let c = config(
+            &FILE.replace("dedicated_users = \"ops\"", "dedicated_users = \"ops\"\ndedicated_databases = \"opsdb\""),
+        );
         let plain = c.pool_settings("plain", "bob", false).unwrap();
         assert_eq!(
             plain,
@@ -194,7 +196,10 @@ max_user_client_connections = 0
         assert_eq!((c.pool_user("forced", "bob"), c.pool_user("plain", "bob")), ("app", "bob"));
         assert!(c.is_dedicated("plain", "ops") && c.is_dedicated("opsdb", "bob") && !c.is_dedicated("plain", "bob"));
         let ops = c.pool_settings("plain", "ops", true).unwrap();
-        assert_eq!((ops.pool_mode, ops.min_pool_size, ops.reserve_pool_size, ops.dedicated), (PoolMode::Session, 0, 0, true));
+        assert_eq!(
+            (ops.pool_mode, ops.min_pool_size, ops.reserve_pool_size, ops.dedicated),
+            (PoolMode::Session, 0, 0, true)
+        );
     }
 
     #[test]

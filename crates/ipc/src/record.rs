@@ -12,7 +12,7 @@
 use std::fmt;
 
 /// Version byte that starts every encoded record.
-pub const RECORD_VERSION: u8 = 5;
+pub const RECORD_VERSION: u8 = 6;
 /// Longest string (in bytes) a record may carry.
 pub const MAX_STRING_LEN: usize = 1024 * 1024;
 /// Most startup parameters a record may carry.
@@ -64,6 +64,9 @@ pub struct SessionRecord {
     /// When the session left its previous worker (CLOCK_MONOTONIC nanoseconds, shared by all processes); 0 if it
     /// never moved. Lets the receiving worker measure what a move cost.
     pub moved_at_ns: u64,
+    /// Since when the session has been waiting for a server connection (CLOCK_MONOTONIC nanoseconds), kept across
+    /// moves so `query_wait_timeout` and the reserve pool count the whole wait; 0 if it is not waiting.
+    pub waiting_since_ns: u64,
     /// The client's SCRAM ClientKey when it logged in with SCRAM-SHA-256 against a stored secret (32 bytes), else
     /// empty: lets the worker log in upstream as the user without the password.
     pub scram_client_key: Vec<u8>,
@@ -267,6 +270,7 @@ impl SessionRecord {
             put_bytes(out, l.as_bytes());
         }
         out.extend_from_slice(&self.moved_at_ns.to_be_bytes());
+        out.extend_from_slice(&self.waiting_since_ns.to_be_bytes());
         put_bytes(out, &self.scram_client_key);
     }
 
@@ -332,6 +336,7 @@ impl SessionRecord {
             listens.push(r.string("listens")?);
         }
         let moved_at_ns = r.u64("moved_at_ns")?;
+        let waiting_since_ns = r.u64("waiting_since_ns")?;
         let scram_client_key = r.bytes("scram_client_key", 32)?.to_vec();
         Ok(SessionRecord {
             session_id,
@@ -349,6 +354,7 @@ impl SessionRecord {
             sql_prepared,
             listens,
             moved_at_ns,
+            waiting_since_ns,
             scram_client_key,
         })
     }
@@ -378,6 +384,7 @@ pub(crate) mod tests {
             sql_prepared: vec![("p".into(), "pgmuxq_1_1".into(), " AS SELECT 1".into())],
             listens: vec!["jobs".into()],
             moved_at_ns: 123_456_789,
+            waiting_since_ns: 123_000_000,
             scram_client_key: vec![9; 32],
         }
     }

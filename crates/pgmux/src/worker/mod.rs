@@ -78,6 +78,11 @@ pub struct WorkerContext {
     pub board_slot: usize,
     /// The supervisor's index of this worker's pool, as the board names pools.
     pub pool: usize,
+    /// A dedicated pool (`dedicated_databases` / `dedicated_users`): one session, session pooling, never moved.
+    pub dedicated: bool,
+    /// A SCRAM ClientKey of the pool's user from an earlier login (32 bytes, else empty): lets a worker started
+    /// without a session (min_pool_size) log in upstream with a SCRAM secret.
+    pub client_key: Vec<u8>,
 }
 
 /// Why pgmux sent a query or Sync of its own; popped when its ReadyForQuery arrives.
@@ -200,17 +205,30 @@ impl Worker {
         let config = ctx.config.clone();
         let db =
             config.database(&ctx.database).ok_or_else(|| format!("no database section for \"{}\"", ctx.database))?;
+        let pool = config
+            .pool_settings(&ctx.database, &ctx.user, ctx.dedicated)
+            .ok_or_else(|| format!("no database section for \"{}\"", ctx.database))?;
         let login_user = db.user.clone().unwrap_or_else(|| ctx.user.clone());
         let credential = match (&db.password, ctx.userlist.get(&login_user)) {
             (Some(p), _) => Credential::Plain(p.clone()),
             (None, Some(Secret::Plain(p))) => Credential::Plain(p.clone()),
             (None, Some(Secret::Md5(h))) => Credential::Md5(h.clone()),
             (None, Some(Secret::Scram(text))) => match pgmux_proto::auth::ScramSecret::parse(text) {
-                Some(secret) => Credential::Scram { secret, client_key: None },
+                Some(secret) => {
+                    Credential::Scram { secret, client_key: <[u8; 32]>::try_from(ctx.client_key.as_slice()).ok() }
+                }
                 None => Credential::None,
             },
             _ => Credential::None,
         };
+        // How many workers the pool may have at most, as far as the configuration alone tells: the pool size,
+        // unless a limit shared with other pools is lower (waiting sessions do not move for room that cannot be).
+        let mut most = pool.pool_size;
+        for limit in [config.max_db_connections(&ctx.database), config.max_user_connections(&login_user)] {
+            if limit > 0 {
+                most = most.min(limit);
+            }
+        }
         let dbname = config.upstream_dbname(db, &ctx.database).to_string();
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         poll.registry()
@@ -221,7 +239,7 @@ impl Worker {
             )
             .map_err(|e| format!("register channel: {e}"))?;
         Ok(Worker {
-            pool_mode: db.pool_mode,
+            pool_mode: pool.pool_mode,
             addr: Address::new(&db.host, db.port),
             login_params: vec![("user".into(), login_user.clone()), ("database".into(), dbname)],
             login_user: login_user.clone(),
@@ -255,13 +273,13 @@ impl Worker {
             probe_rows: Vec::new(),
             pending_deallocs: Vec::new(),
             owner_active_at: Instant::now(),
-            can_migrate: db.pool_size > 1 && db.pool_mode != PoolMode::Session,
+            can_migrate: !pool.dedicated && most > 1 && pool.pool_mode != PoolMode::Session,
             settings_probe: settings_probe(&login_user),
             listen_sync: false,
             draining: false,
             turn_started: Instant::now(),
             busy_check_at: Instant::now(),
-            pool_size: db.pool_size as usize,
+            pool_size: most as usize,
             watch: Vec::new(),
             exposed_ids: Vec::new(),
             owner_exposed: false,
@@ -270,6 +288,12 @@ impl Worker {
     }
 
     fn run(&mut self) -> i32 {
+        // Connect before the first session arrives: a worker started for min_pool_size has none, and one started
+        // for a session connects now rather than a moment later. Without a usable credential (a SCRAM secret
+        // and no client key yet), the first session's login supplies it.
+        if !matches!(self.credential, Credential::Scram { client_key: None, .. }) {
+            let _ = self.ensure_upstream();
+        }
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         while !self.stop {
@@ -436,6 +460,8 @@ impl Worker {
         if migrated {
             s.readable = true;
         }
+        // A moved session's wait began at its first worker: query_wait_timeout counts all of it.
+        let waited_since = (s.record.waiting_since_ns != 0).then(|| instant_at_ns(s.record.waiting_since_ns));
         // The supervisor's copy of the record carries these bytes until this worker says they are consumed: report
         // at the end of the first turn here.
         s.report_after_turn = !pending.is_empty();
@@ -462,7 +488,7 @@ impl Worker {
         self.by_id.insert(s.id, idx);
         if has_pending {
             s.queued = true;
-            s.queued_at = Instant::now();
+            s.queued_at = waited_since.unwrap_or_else(Instant::now);
             self.queue.push_back(idx);
         }
         if let Some(slot) = self.sessions.get_mut(idx) {
@@ -1614,7 +1640,23 @@ impl Worker {
             .and_then(|o| self.sessions.get(o))
             .and_then(|s| s.as_ref())
             .map_or(0, |s| s.id);
-        self.ctx.board.publish(self.ctx.board_slot, state, self.queue.len(), self.by_id.len(), owner, &ids);
+        // The queue is in arrival order, so its head has waited longest (near enough: a moved session may have
+        // started waiting earlier elsewhere).
+        let waiting_since = self
+            .queue
+            .front()
+            .and_then(|&i| self.sessions.get(i))
+            .and_then(|s| s.as_ref())
+            .map_or(0, |s| ns_at_instant(s.queued_at));
+        self.ctx.board.publish(
+            self.ctx.board_slot,
+            state,
+            self.queue.len(),
+            self.by_id.len(),
+            owner,
+            waiting_since,
+            &ids,
+        );
         self.exposed_ids = ids;
     }
 
@@ -1629,6 +1671,7 @@ impl Worker {
         }
         let mut record = s.to_record();
         record.moved_at_ns = monotonic_ns();
+        record.waiting_since_ns = if s.queued { ns_at_instant(s.queued_at) } else { 0 };
         let mut encoded = Vec::new();
         record.encode(&mut encoded);
         if encoded.len() + 64 > pgmux_ipc::channel::MAX_MSG_LEN {
@@ -1702,7 +1745,8 @@ impl Worker {
     fn enforce_timeouts(&mut self) {
         let now = Instant::now();
         let pooler = &self.ctx.config.pooler;
-        let (idle_limit, wait_limit) = (pooler.idle_transaction_timeout, pooler.query_wait_timeout);
+        let idle_limit = pooler.idle_transaction_timeout;
+        let wait_limit = self.pool_settings().and_then(|p| p.query_wait_timeout);
         if let (Some(limit), Some(idx), Some(up)) = (idle_limit, self.owner, self.upstream.as_ref()) {
             let idle_in_txn = up.txn_status != b'I' && self.replies.is_empty() && self.jobs.is_empty();
             if idle_in_txn && now.duration_since(self.owner_active_at) > limit {
@@ -1750,6 +1794,11 @@ impl Worker {
         }
     }
 
+    /// This pool's settings in the current configuration (a console SET may have changed them).
+    fn pool_settings(&self) -> Option<pgmux_config::PoolSettings> {
+        self.ctx.config.pool_settings(&self.ctx.database, &self.ctx.user, self.ctx.dedicated)
+    }
+
     fn janitor(&mut self) {
         if !crate::process::parent_alive(self.ctx.parent) {
             warn!("supervisor is gone, exiting");
@@ -1757,7 +1806,8 @@ impl Worker {
             return;
         }
         self.enforce_timeouts();
-        if let (Some(limit), Some(up)) = (self.ctx.config.pooler.server_lifetime, self.upstream.as_ref()) {
+        let lifetime = self.pool_settings().and_then(|p| p.server_lifetime);
+        if let (Some(limit), Some(up)) = (lifetime, self.upstream.as_ref()) {
             if up.connected_at.elapsed() > limit {
                 self.begin_drain("server_lifetime reached");
             }
@@ -1813,8 +1863,20 @@ fn parse_two_column_row(body: &[u8]) -> Option<(String, String)> {
 
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine, so a time taken in one worker
 /// can be compared in another.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
         .unwrap_or(0)
+}
+
+/// `at` on the shared monotonic clock (see [`monotonic_ns`]).
+pub(crate) fn ns_at_instant(at: Instant) -> u64 {
+    let ago = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    monotonic_ns().saturating_sub(ago).max(1)
+}
+
+/// The `Instant` of a time taken on the shared monotonic clock (now, if it is in the future or unrepresentable).
+pub(crate) fn instant_at_ns(ns: u64) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(Duration::from_nanos(monotonic_ns().saturating_sub(ns))).unwrap_or(now)
 }
