@@ -55,7 +55,7 @@ impl State {
 }
 
 /// Exposed sessions a slot can list; with more, the slot says "overflow" and all are treated as exposed.
-pub const EXPOSED_MAX: usize = 11;
+pub const EXPOSED_MAX: usize = 10;
 const OVERFLOW: u32 = u32::MAX;
 
 /// One worker's entry. 128 bytes (two cache lines of its own), so two workers never write the same cache line.
@@ -73,6 +73,9 @@ pub struct Slot {
     sessions: AtomicU32,
     /// How many of `exposed` are valid, or OVERFLOW.
     exposed_count: AtomicU32,
+    /// How many more workers the pool may start now (pool size and shared limits). Written by the supervisor each
+    /// tick; a worker moves sessions waiting behind a long turn only to idle siblings or into that room.
+    room: AtomicU32,
     /// Session id of the upstream's owner; 0 = none.
     owner: AtomicU64,
     /// Since when the first session of the queue has been waiting (CLOCK_MONOTONIC ns); 0 = nobody waits. The
@@ -138,10 +141,23 @@ impl Board {
             s.sessions.store(0, Ordering::Relaxed);
             s.owner.store(0, Ordering::Relaxed);
             s.waiting_since.store(0, Ordering::Relaxed);
+            s.room.store(0, Ordering::Relaxed);
             s.exposed_count.store(0, Ordering::Relaxed);
             s.pid.store(pid, Ordering::Relaxed);
             s.pool.store(u32::try_from(pool + 1).unwrap_or(0), Ordering::Relaxed);
         }
+    }
+
+    /// Supervisor: the worker in `slot` may count on `room` more workers for its pool.
+    pub fn set_room(&self, slot: usize, room: u32) {
+        if let Some(s) = self.slots().get(slot) {
+            s.room.store(room, Ordering::Relaxed);
+        }
+    }
+
+    /// Worker: how many more workers its pool may start, as the supervisor last wrote.
+    pub fn room(&self, slot: usize) -> u32 {
+        self.slots().get(slot).map_or(0, |s| s.room.load(Ordering::Relaxed))
     }
 
     /// Supervisor: child slot `slot` no longer holds a worker.
@@ -292,6 +308,9 @@ mod tests {
         let s = b.status(3).unwrap();
         assert_eq!((s.pool, s.pid, s.state, s.queued, s.sessions, s.owner), (0, 100, State::Busy, 5, 9, 77));
         assert_eq!(s.waiting_since_ns, 1234);
+        assert_eq!(b.room(3), 0);
+        b.set_room(3, 2);
+        assert_eq!(b.room(3), 2);
         b.publish(4, State::Draining, 0, 2, 0, 0, &[]);
         assert_eq!(b.siblings(0, 3), (0, 0));
         b.release(4);

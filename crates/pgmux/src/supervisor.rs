@@ -332,6 +332,7 @@ impl Supervisor {
             p.workers.push(slot);
         }
         self.admin_worker_started(slot, pool);
+        self.publish_room();
         Ok(slot)
     }
 

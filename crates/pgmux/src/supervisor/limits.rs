@@ -20,6 +20,7 @@
 //! - **Dedicated pools** (`dedicated_databases`, `dedicated_users`) start a worker for each session, outside every
 //!   limit and not counted by any; the worker exits when its session ends.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -213,6 +214,7 @@ impl Supervisor {
 
     /// A worker has exited: its server connection is free for any pool of its database or user.
     pub(super) fn limits_worker_gone(&mut self, slot: usize) {
+        self.publish_room();
         for p in &mut self.pools {
             if p.limits.evicting.is_some_and(|(s, _)| s == slot) {
                 p.limits.evicting = None;
@@ -289,6 +291,7 @@ impl Supervisor {
     /// giving back), and a fair share for pools held back by a limit.
     pub(super) fn limits_tick(&mut self) {
         self.expire_held();
+        self.publish_room();
         let now = Instant::now();
         let now_ns = worker::monotonic_ns();
         let clients = self.clients_per_pool();
@@ -357,6 +360,35 @@ impl Supervisor {
                 .min();
             if let Some((_, slot)) = candidate {
                 self.retire_worker(slot, "reserve_pool no longer needed");
+            }
+        }
+    }
+
+    /// Tells each worker, on the board, how many more workers its pool may start now, so that it moves sessions
+    /// waiting behind a long turn only where they can be served sooner.
+    pub(super) fn publish_room(&self) {
+        let mut per_db: HashMap<&str, usize> = HashMap::new();
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        for c in self.children.iter().flatten() {
+            if let Role::Worker { pool, .. } = c.role {
+                if let Some(q) = self.pools.get(pool).filter(|q| !q.dedicated) {
+                    *per_db.entry(q.database.as_str()).or_default() += 1;
+                    *per_user.entry(q.user.as_str()).or_default() += 1;
+                }
+            }
+        }
+        for (i, p) in self.pools.iter().enumerate() {
+            let mut room = if p.dedicated || self.admin_holds(i) { 0 } else { p.size.saturating_sub(p.workers.len()) };
+            let max_db = self.config.max_db_connections(&p.database) as usize;
+            if max_db > 0 {
+                room = room.min(max_db.saturating_sub(per_db.get(p.database.as_str()).copied().unwrap_or(0)));
+            }
+            let max_user = self.config.max_user_connections(&p.user) as usize;
+            if max_user > 0 {
+                room = room.min(max_user.saturating_sub(per_user.get(p.user.as_str()).copied().unwrap_or(0)));
+            }
+            for &w in &p.workers {
+                self.board.set_room(w, u32::try_from(room).unwrap_or(u32::MAX));
             }
         }
     }

@@ -178,7 +178,6 @@ struct Worker {
     turn_started: Instant,
     /// Earliest time to look at the board again for idle siblings.
     busy_check_at: Instant,
-    pool_size: usize,
     /// Sessions that may be exposed besides the owner (output not yet written, input not yet acted on, a state
     /// report not yet sent); `publish` prunes it.
     watch: Vec<usize>,
@@ -221,14 +220,6 @@ impl Worker {
             },
             _ => Credential::None,
         };
-        // How many workers the pool may have at most, as far as the configuration alone tells: the pool size,
-        // unless a limit shared with other pools is lower (waiting sessions do not move for room that cannot be).
-        let mut most = pool.pool_size;
-        for limit in [config.max_db_connections(&ctx.database), config.max_user_connections(&login_user)] {
-            if limit > 0 {
-                most = most.min(limit);
-            }
-        }
         let dbname = config.upstream_dbname(db, &ctx.database).to_string();
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         poll.registry()
@@ -273,13 +264,14 @@ impl Worker {
             probe_rows: Vec::new(),
             pending_deallocs: Vec::new(),
             owner_active_at: Instant::now(),
-            can_migrate: !pool.dedicated && most > 1 && pool.pool_mode != PoolMode::Session,
+            can_migrate: !pool.dedicated
+                && pool.pool_size + pool.reserve_pool_size > 1
+                && pool.pool_mode != PoolMode::Session,
             settings_probe: settings_probe(&login_user),
             listen_sync: false,
             draining: false,
             turn_started: Instant::now(),
             busy_check_at: Instant::now(),
-            pool_size: most as usize,
             watch: Vec::new(),
             exposed_ids: Vec::new(),
             owner_exposed: false,
@@ -1566,8 +1558,10 @@ impl Worker {
         let mut budget = match why {
             Blocked::IdleOwner => usize::MAX,
             Blocked::SlowTurn => {
-                let (idle, all) = self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot);
-                idle + self.pool_size.saturating_sub(all + 1)
+                // Idle siblings, and the workers the pool may still start (the supervisor weighs the pool size and
+                // the limits it shares with other pools, see `supervisor/limits.rs`).
+                let (idle, _) = self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot);
+                idle + self.ctx.board.room(self.ctx.board_slot) as usize
             }
         };
         if budget == 0 {
