@@ -913,8 +913,8 @@ impl Supervisor {
                 }
                 let keep_serving = self.shutdown != Some(Shutdown::WaitForServers);
                 self.rehome_sessions_of(slot, &child.name, keep_serving.then_some(exposed));
-                self.drain_waiting(pool);
                 self.limits_worker_gone(slot);
+                self.drain_waiting(pool);
             }
             return;
         }
@@ -944,8 +944,8 @@ impl Supervisor {
                     }
                 }
                 self.rehome_sessions_of(slot, &child.name, Some(exposed));
-                self.drain_waiting(pool);
                 self.limits_worker_gone(slot);
+                self.drain_waiting(pool);
             }
         }
     }

@@ -212,14 +212,23 @@ impl Supervisor {
         let _ = self.send(slot, msg, Vec::new());
     }
 
-    /// A worker has exited: its server connection is free for any pool of its database or user.
+    /// A worker has exited: its server connection goes first to the pool that asked for it (so that a sibling of
+    /// the pool it came from does not take it back at once), then to any pool of its database or user.
     pub(super) fn limits_worker_gone(&mut self, slot: usize) {
-        self.publish_room();
-        for p in &mut self.pools {
-            if p.limits.evicting.is_some_and(|(s, _)| s == slot) {
+        let asked: Vec<usize> = (0..self.pools.len())
+            .filter(|&i| self.pools.get(i).is_some_and(|p| p.limits.evicting.is_some_and(|(s, _)| s == slot)))
+            .collect();
+        for pool in asked {
+            if let Some(p) = self.pools.get_mut(pool) {
                 p.limits.evicting = None;
             }
+            if self.shutdown.is_none() && !self.admin_holds(pool) {
+                if let Start::Yes(how) = self.may_start(pool, Duration::ZERO) {
+                    self.start_for(pool, how, Duration::ZERO);
+                }
+            }
         }
+        self.publish_room();
         for pool in 0..self.pools.len() {
             if self.pools.get(pool).is_some_and(|p| !p.waiting.is_empty()) {
                 self.drain_waiting(pool);
