@@ -204,6 +204,37 @@ fn max_user_connections_holds_across_databases() {
     assert_eq!(find(&u, &[("name", "alice")])["max_user_connections"], "0");
 }
 
+/// A database's own server_lifetime (1 s) retires workers under load while max_db_connections is 2: a draining
+/// worker counts until it exits, its sessions move to the sibling or wait, and nothing fails.
+#[test]
+fn limits_hold_while_workers_are_retired() {
+    let db = "lim_life";
+    let pgmux = Pgmux::start(
+        config(&[db])
+            .database(db, &[("dbname", "\"lim_life\""), ("max_db_connections", "2"), ("server_lifetime", "1")]),
+    );
+    let ((), most) = with_deadline(&pgmux, Duration::from_secs(90), || {
+        sampled(&[db], None, || {
+            std::thread::scope(|scope| {
+                for _ in 0..6 {
+                    let pgmux = &pgmux;
+                    scope.spawn(move || {
+                        let mut c = pgmux.client(db, "alice");
+                        let until = Instant::now() + Duration::from_secs(4);
+                        while Instant::now() < until {
+                            c.batch_execute("SELECT pg_sleep(0.01)").unwrap();
+                        }
+                    });
+                }
+            })
+        })
+    });
+    eprintln!("most backends at once: {most}");
+    assert!(most <= 2, "{most} backends for a database limited to 2");
+    let log = pgmux.log();
+    assert!(log.contains("draining: server_lifetime reached"), "no worker reached the database's server_lifetime");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // client connections
 // ---------------------------------------------------------------------------------------------------------------
@@ -356,17 +387,24 @@ fn reserve_pool_opens_after_its_timeout_and_closes_later() {
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Every pooled connection of the database is held inside an open transaction (pool size and max_db_connections
-/// both 2): a pooled client waits and times out, while a dedicated user and a dedicated database get in and run
+/// both 2): a pooled client waits and times out (the database's own query_wait_timeout), while a dedicated user and a dedicated database get in and run
 /// queries at once, each on a connection of its own that closes when the session ends.
 #[test]
 fn dedicated_users_and_databases_get_in_while_every_upstream_is_busy() {
     let db = "lim_ded";
     let pgmux = Pgmux::start(
         config(&[db])
-            .set("query_wait_timeout", "2")
             .set("dedicated_users", "\"postgres\"")
             .set("dedicated_databases", "\"lim_ops\"")
-            .database(db, &[("dbname", "\"lim_ded\""), ("pool_size", "2"), ("max_db_connections", "2")])
+            .database(
+                db,
+                &[
+                    ("dbname", "\"lim_ded\""),
+                    ("pool_size", "2"),
+                    ("max_db_connections", "2"),
+                    ("query_wait_timeout", "2"),
+                ],
+            )
             .database("lim_ops", &[("dbname", "\"lim_ded\"")]),
     );
     let mut h1 = pgmux.client(db, "alice");

@@ -303,7 +303,9 @@ impl Supervisor {
         self.publish_room();
         let now = Instant::now();
         let now_ns = worker::monotonic_ns();
-        let clients = self.clients_per_pool();
+        // Counting sessions per pool is a scan of the session table: only when some pool is below its minimum.
+        let below_min = self.pools.iter().any(|p| p.workers.len() < p.settings.min_pool_size as usize);
+        let clients = if below_min { self.clients_per_pool() } else { Vec::new() };
         for pool in 0..self.pools.len() {
             let Some(p) = self.pools.get(pool) else { continue };
             if p.dedicated || self.admin_holds(pool) {
