@@ -65,3 +65,10 @@ pg_psql() {
     "$PG_BINDIR/psql" -X -A -t -q -v ON_ERROR_STOP=1 -h "$PG_SOCKDIR" -p "$PG_PORT" \
         -U postgres -d "$1" -c "$2" </dev/null
 }
+
+# pg_restart: `pg_ctl restart -m fast` (every backend is terminated, clients see 57P01), waiting until it accepts
+# connections again.
+pg_restart() {
+    (cd / && as_pg_owner "$PG_BINDIR/pg_ctl" restart -D "$PG_DATA" -m fast -l "$PG_LOG" -w -t 60 \
+        </dev/null >/dev/null) || { tail -n 30 "$PG_LOG" >&2; die "pg_ctl restart failed"; }
+}

@@ -56,6 +56,12 @@ impl Postgres {
         })
     }
 
+    /// A cluster of the caller's own, with the same roles and databases as the shared one, stopped and deleted
+    /// when dropped. For tests that stop or restart PostgreSQL, which would disturb every other test of the binary.
+    pub fn private() -> Postgres {
+        Postgres::start()
+    }
+
     fn start() -> Postgres {
         let bindir = std::env::var_os("PG_BINDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_BINDIR));
         for tool in ["initdb", "pg_ctl", "postgres", "psql"] {
@@ -151,6 +157,42 @@ impl Postgres {
         }
     }
 
+    /// `pg_ctl restart -m fast`: every backend is terminated (its client gets 57P01), then the server accepts
+    /// connections again on the same port.
+    pub fn restart_fast(&self) {
+        self.pg_ctl_checked(&["restart", "-m", "fast"]);
+    }
+
+    /// `pg_ctl stop -m fast`: backends are terminated and the server stays down until [`Self::start_again`].
+    pub fn stop_fast(&self) {
+        self.pg_ctl_checked(&["stop", "-m", "fast"]);
+    }
+
+    /// Starts a cluster stopped with [`Self::stop_fast`].
+    pub fn start_again(&self) {
+        self.pg_ctl_checked(&["start"]);
+    }
+
+    fn pg_ctl_checked(&self, args: &[&str]) {
+        let mut cmd = self.as_owner(&self.bin("pg_ctl"));
+        cmd.args(args).arg("-D").arg(&self.data_dir).arg("-l").arg(self.log_path()).args(["-w", "-t", "60"]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let out = cmd.output().unwrap_or_else(|e| panic!("spawn pg_ctl {args:?}: {e}"));
+        if !out.status.success() {
+            panic!(
+                "pg_ctl {args:?} failed ({}): {}\n--- server log ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail(30)
+            );
+        }
+    }
+
+    /// `pg_postmaster_start_time()` as text: changes exactly when the server restarted (or crashed and reset).
+    pub fn postmaster_start_time(&self) -> String {
+        self.psql_admin("postgres", "SELECT pg_postmaster_start_time()").trim().to_string()
+    }
+
     /// TCP port, on [`Self::host`].
     pub fn port(&self) -> u16 {
         self.port
@@ -228,6 +270,13 @@ impl Postgres {
             .stderr(Stdio::null());
         let _ = cmd.status();
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl Drop for Postgres {
+    /// Only private clusters are ever dropped; the shared one lives in a static and is stopped at exit.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -558,20 +558,33 @@ fn disconnect_during_unsynced_execute() {
 
 // ----- 4. the other database after a disconnect -----
 
+/// The sequence that once took a whole server down (an earlier built-in pooler routed a session to a backend of
+/// another database after a client disconnected): with pools of 2, client A on one database leaves abruptly
+/// mid-transaction, then client B on the other database connects and works. B's queries must run in B's database,
+/// A's transaction must be rolled back, PostgreSQL must not restart and the pooler must stay up.
 #[test]
 fn other_database_is_never_served_by_a_disconnected_sessions_pool() {
     let app = fresh_db("faults_db_app");
     let other = fresh_db("faults_db_other");
     let pg_log_start = std::fs::metadata(pg().log_path()).map(|m| m.len()).unwrap_or(0);
+    let started_at = pg().postmaster_start_time();
     let pgmux = Pgmux::start(config(&[(&app, 2), (&other, 2)]));
     let conn_other = pgmux.conn_str(&other, "alice", "alicepw");
     let conn_app = pgmux.conn_str(&app, "alice", "alicepw");
-    for round in 0..8 {
+    pg().psql_admin(&app, "CREATE TABLE t (x int); GRANT ALL ON t TO PUBLIC");
+    for round in 0..9 {
+        // A on the first database leaves abruptly: inside a transaction, inside a transaction while a statement
+        // of it runs, or between transactions.
         let mut a = raw_login(pgmux.port(), "alice", &app);
-        if round % 2 == 0 {
-            assert_eq!(raw_query(&mut a, "BEGIN; SELECT 1"), b'T');
-        } else {
-            assert_eq!(raw_query(&mut a, "SELECT 1"), b'I');
+        match round % 3 {
+            0 => assert_eq!(raw_query(&mut a, "BEGIN; INSERT INTO t VALUES (1)"), b'T'),
+            1 => {
+                assert_eq!(raw_query(&mut a, "BEGIN; INSERT INTO t VALUES (2)"), b'T');
+                raw_send(&mut a, &query_message("SELECT pg_sleep(5)"));
+                let d = app.clone();
+                wait_until(Duration::from_secs(10), "A's statement running", || running(&d, "pg_sleep(5)"));
+            }
+            _ => assert_eq!(raw_query(&mut a, "SELECT 1"), b'I'),
         }
         drop(a);
         let mut o = connect(&conn_other);
@@ -593,6 +606,11 @@ fn other_database_is_never_served_by_a_disconnected_sessions_pool() {
         .collect();
     assert!(bad.is_empty(), "PostgreSQL logged: {bad:#?}");
     assert!(activity(&app).len() <= 2 && activity(&other).len() <= 2);
+    assert_eq!(pg().postmaster_start_time(), started_at, "PostgreSQL restarted (a backend crashed?)");
+    assert_eq!(pg().psql_admin(&app, "SELECT count(*) FROM t").trim(), "0", "A's abandoned transactions committed");
+    assert!(alive(pgmux.pid()), "the supervisor died");
+    assert!(!pgmux.log().contains(" died"), "a pgmux process died");
+    assert_eq!(pgmux.children("pgmux-listener").len(), 2);
 }
 
 // ----- 5. SIGKILL of a worker under load -----
@@ -659,8 +677,9 @@ fn worker_sigkill_under_load() {
             let now = r.unwrap_or_else(|e| panic!("idle session {i} of the killed worker was lost: {e}"));
             assert_ne!(now, victim_backend, "session {i} still on the dead worker's backend");
         } else {
-            let now = r.unwrap_or_else(|e| panic!("session {i} on a surviving worker failed: {e}"));
-            assert_eq!(now, *before, "session {i} moved to another upstream");
+            // It must not notice; which upstream answers is not its business: under pgbench's load, sessions waiting
+            // behind a long turn move to an idle sibling worker.
+            r.unwrap_or_else(|e| panic!("session {i} on a surviving worker failed: {e}"));
         }
     }
     let mut fresh = pgmux.client(&db, "postgres");

@@ -55,7 +55,7 @@ impl Setup {
              %include conf.d/tuning.ini\n\
              server_reset_query = DISCARD ALL\n\
              tcp_keepalive = 1\n\
-             server_idle_timeout = 60\n\
+             server_fast_close = 1\n\
              {extra}",
             port = self.port
         )
@@ -283,8 +283,8 @@ fn the_same_pgbouncer_ini_serves_through_pgmux_and_pgbouncer() {
     );
     assert!(log.contains(&keepalive), "pgmux log lacks {keepalive:?}:\n{log}");
     assert!(
-        log.contains("pgbouncer.server_idle_timeout: has no effect in pgmux yet"),
-        "pgmux log lacks the server_idle_timeout warning:\n{log}"
+        log.contains("pgbouncer.server_fast_close: has no effect in pgmux yet"),
+        "pgmux log lacks the server_fast_close warning:\n{log}"
     );
     assert_eq!(log.matches("has no effect in pgmux").count(), 2, "each key is reported once:\n{log}");
     pgmux.stop();
@@ -317,7 +317,7 @@ fn check_accepts_a_good_ini_and_lists_what_has_no_effect() {
         "pgmux: warning: pgbouncer.ini: line {}: pgbouncer.tcp_keepalive: has no effect in pgmux: ",
         Setup::KEEPALIVE_LINE
     )));
-    assert!(warnings[1].contains("pgbouncer.server_idle_timeout: has no effect in pgmux yet"), "{stderr}");
+    assert!(warnings[1].contains("pgbouncer.server_fast_close: has no effect in pgmux yet"), "{stderr}");
     s.assert_port_free("--check");
 
     // Whatever the name, --format ini reads PgBouncer's format, and --format toml does not.

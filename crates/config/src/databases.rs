@@ -15,8 +15,8 @@ use crate::walk::Section;
 /// The database name PgBouncer keeps for its admin console.
 const RESERVED: &str = "pgbouncer";
 
-/// One `[databases]` entry, every fallback resolved except the two timeouts the admin console's SET may change in
-/// `[pooler]` (those stay overrides, resolved by [`crate::Config::pool_settings`]).
+/// One `[databases]` entry, every fallback resolved (how they combine with `[users]` for a pool:
+/// [`crate::Config::pool_settings`]).
 ///
 /// The fields after `query_wait_timeout` are parsed with PgBouncer's meaning but not acted on yet (see
 /// [`crate::keys`]).
@@ -42,10 +42,9 @@ pub struct Database {
     pub max_db_connections: u32,
     /// 0 = unlimited. As in PgBouncer, 0 here means `[pooler]`'s value.
     pub max_db_client_connections: u32,
-    /// This database's own `server_lifetime`; None = `[pooler]`'s (as in PgBouncer, 0 also means that).
+    /// `[pooler]`'s unless set here (a value that differs from it overrides it; the console's SET follows).
     pub server_lifetime: Option<Duration>,
-    /// This database's own `query_wait_timeout`: None = `[pooler]`'s, `Some(None)` = wait for ever.
-    pub query_wait_timeout: Option<Option<Duration>>,
+    pub query_wait_timeout: Option<Duration>,
 
     // ----- parsed, not acted on yet -----
     /// Startup parameters to ask the server for.
@@ -77,8 +76,7 @@ pub struct User {
     /// 0 = unlimited. As in PgBouncer, 0 here means `[pooler]`'s value.
     pub max_user_client_connections: u32,
     pub query_timeout: Option<Duration>,
-    /// This user's own `query_wait_timeout`: None = the database's, `Some(None)` = wait for ever.
-    pub query_wait_timeout: Option<Option<Duration>>,
+    pub query_wait_timeout: Option<Duration>,
     pub idle_transaction_timeout: Option<Duration>,
     pub transaction_timeout: Option<Duration>,
     pub client_idle_timeout: Option<Duration>,
@@ -138,8 +136,8 @@ pub(crate) fn parse_database(s: &Section<'_>, name: &str, pooler: &Pooler) -> Re
         max_db_client_connections: count("max_db_client_connections")?
             .filter(|n| *n > 0)
             .unwrap_or(pooler.max_db_client_connections),
-        server_lifetime: s.timeout("server_lifetime")?.flatten(),
-        query_wait_timeout: s.timeout("query_wait_timeout")?,
+        server_lifetime: s.timeout("server_lifetime")?.unwrap_or(pooler.server_lifetime),
+        query_wait_timeout: s.timeout("query_wait_timeout")?.unwrap_or(pooler.query_wait_timeout),
         client_encoding: text("client_encoding")?,
         datestyle: text("datestyle")?,
         timezone: text("timezone")?,
@@ -171,7 +169,7 @@ pub(crate) fn parse_user(s: &Section<'_>, name: &str, pooler: &Pooler) -> Result
             .filter(|n| *n > 0)
             .unwrap_or(pooler.max_user_client_connections),
         query_timeout: s.timeout("query_timeout")?.unwrap_or(pooler.query_timeout),
-        query_wait_timeout: s.timeout("query_wait_timeout")?,
+        query_wait_timeout: s.timeout("query_wait_timeout")?.unwrap_or(pooler.query_wait_timeout),
         idle_transaction_timeout: s.timeout("idle_transaction_timeout")?.unwrap_or(pooler.idle_transaction_timeout),
         transaction_timeout: s.timeout("transaction_timeout")?.unwrap_or(pooler.transaction_timeout),
         client_idle_timeout: s.timeout("client_idle_timeout")?.unwrap_or(pooler.client_idle_timeout),

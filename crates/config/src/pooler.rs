@@ -203,6 +203,8 @@ pub struct Pooler {
     pub stats_users: Vec<String>,
     /// The window SHOW STATS averages over (PgBouncer's default: 60 s).
     pub stats_period: Duration,
+    /// `host:port` (`[v6]:port` for IPv6) of the Prometheus endpoint; None = no endpoint.
+    pub metrics_listen: Option<String>,
     /// pg_hba.conf-style rules, for `auth_type = hba` (which pgmux refuses until it reads this file).
     pub auth_hba_file: Option<PathBuf>,
     pub auth_ident_file: Option<PathBuf>,
@@ -264,6 +266,7 @@ impl Default for Pooler {
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             stats_period: Duration::from_secs(60),
+            metrics_listen: None,
             auth_hba_file: None,
             auth_ident_file: None,
             auth_user: None,
@@ -601,7 +604,38 @@ pub(crate) fn apply_pooler(s: &Section<'_>, p: &mut Pooler) -> Result<(), Config
         p.verbose = n as u8;
     }
     apply_limits(s, p)?;
+    if let Some(v) = s.string("metrics_listen")? {
+        p.metrics_listen = match v.trim() {
+            "" => None,
+            addr => {
+                check_host_port(addr).map_err(|why| s.err("metrics_listen", why))?;
+                Some(addr.to_string())
+            }
+        };
+    }
     parse_stored(s, p)?;
+    Ok(())
+}
+
+/// `host:port`, `ip:port` or `[ipv6]:port`, port 1 to 65535; the host is resolved when the socket is bound.
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("invalid value {addr:?} ({why}; expected host:port, e.g. \"127.0.0.1:9127\")");
+    let Some((host, port)) = addr.rsplit_once(':') else { return Err(bad("no port")) };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad("the port must be 1 to 65535"));
+    }
+    let host = match host.strip_prefix('[') {
+        Some(inner) => match inner.strip_suffix(']') {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6,
+            _ => return Err(bad("bad IPv6 address")),
+        },
+        // An unbracketed IPv6 address cannot be told from its port.
+        None if host.contains(':') => return Err(bad("write IPv6 addresses in brackets")),
+        None => host,
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("bad host"));
+    }
     Ok(())
 }
 

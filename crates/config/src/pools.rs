@@ -5,8 +5,10 @@
 //! one, else the client's own user, as PgBouncer keys its pools. Precedence (PgBouncer 1.25):
 //! - `pool_mode`, `pool_size`, `reserve_pool_size`: the pool user's `[users]` entry, else the database's entry,
 //!   else `[pooler]`;
-//! - `min_pool_size` (capped at the pool size), `server_lifetime`: the database's, else `[pooler]`'s;
-//! - `query_wait_timeout`: the pool user's, else the database's, else `[pooler]`'s;
+//! - `min_pool_size` (capped at the pool size): the database's, else `[pooler]`'s;
+//! - `query_wait_timeout`: the pool user's, else the database's, else `[pooler]`'s (as the worker's
+//!   `worker/limits.rs` resolves it: an entry's value overrides when it differs from the global one, since parsing
+//!   filled every entry with the global value);
 //! - `max_db_connections`, `max_db_client_connections`: the database's (0 = `[pooler]`'s);
 //! - `max_user_connections` (for the pool user), `max_user_client_connections` (for the client's user): the
 //!   user's entry (0 = `[pooler]`'s).
@@ -14,8 +16,7 @@
 //! Dedicated pools (pgmux's `dedicated_databases` / `dedicated_users`) give each session a server connection of
 //! its own: session pooling, no pool size, no limit, never shared.
 //!
-//! Everything is resolved on each call from the current [`Config`], so a console `SET` of a `[pooler]` timeout
-//! reaches every database and user that does not override it.
+//! Everything is resolved on each call from the current [`Config`].
 
 use std::time::Duration;
 
@@ -33,8 +34,6 @@ pub struct PoolSettings {
     pub reserve_pool_size: u32,
     /// None: the reserve is never used.
     pub reserve_pool_timeout: Option<Duration>,
-    /// None: a server connection lives for ever.
-    pub server_lifetime: Option<Duration>,
     /// None: clients wait for a server for ever.
     pub query_wait_timeout: Option<Duration>,
     /// Every session has a server connection of its own (pgmux's `dedicated_databases` / `dedicated_users`).
@@ -69,24 +68,25 @@ impl Config {
                 min_pool_size: 0,
                 reserve_pool_size: 0,
                 reserve_pool_timeout: None,
-                server_lifetime: db.server_lifetime.or(p.server_lifetime),
                 query_wait_timeout: None,
                 dedicated: true,
             });
         }
         let user = self.user(pool_user);
         let pool_size = user.and_then(|u| u.pool_size).unwrap_or(db.pool_size).max(1);
+        let global = p.query_wait_timeout;
+        let query_wait_timeout = match user.map(|u| u.query_wait_timeout) {
+            Some(v) if v != global => v,
+            _ if db.query_wait_timeout != global => db.query_wait_timeout,
+            _ => global,
+        };
         Some(PoolSettings {
             pool_size,
             pool_mode: user.and_then(|u| u.pool_mode).unwrap_or(db.pool_mode),
             min_pool_size: db.min_pool_size.min(pool_size),
             reserve_pool_size: user.and_then(|u| u.reserve_pool_size).unwrap_or(db.reserve_pool_size),
             reserve_pool_timeout: p.reserve_pool_timeout,
-            server_lifetime: db.server_lifetime.or(p.server_lifetime),
-            query_wait_timeout: user
-                .and_then(|u| u.query_wait_timeout)
-                .or(db.query_wait_timeout)
-                .unwrap_or(p.query_wait_timeout),
+            query_wait_timeout,
             dedicated: false,
         })
     }
@@ -173,14 +173,13 @@ max_user_client_connections = 0
                 min_pool_size: 3,
                 reserve_pool_size: 2,
                 reserve_pool_timeout: Some(Duration::from_secs(5)),
-                server_lifetime: Some(Duration::from_secs(600)),
                 query_wait_timeout: Some(Duration::from_secs(30)),
                 dedicated: false,
             }
         );
         let tuned = c.pool_settings("tuned", "bob", false).unwrap();
         assert_eq!((tuned.pool_size, tuned.pool_mode, tuned.min_pool_size), (4, PoolMode::Session, 4), "min capped");
-        assert_eq!((tuned.reserve_pool_size, tuned.server_lifetime), (1, Some(Duration::from_secs(60))));
+        assert_eq!(tuned.reserve_pool_size, 1);
         assert_eq!(tuned.query_wait_timeout, None, "0 in the database: wait for ever");
         // The user's entry wins over the database's for mode, size, reserve and query_wait_timeout.
         let alice = c.pool_settings("tuned", "alice", false).unwrap();
@@ -209,8 +208,5 @@ max_user_client_connections = 0
         assert_eq!(wait("plain", "bob"), Some(Duration::from_secs(9)));
         assert_eq!(wait("tuned", "bob"), None);
         assert_eq!(wait("plain", "alice"), Some(Duration::from_secs(3)));
-        let c = c.with_setting("server_lifetime", "0").unwrap();
-        assert_eq!(c.pool_settings("plain", "bob", false).unwrap().server_lifetime, None);
-        assert_eq!(c.pool_settings("tuned", "bob", false).unwrap().server_lifetime, Some(Duration::from_secs(60)));
     }
 }

@@ -108,6 +108,7 @@ fn rendered(p: &Pooler) -> Vec<(&'static str, String)> {
         ("admin_users", p.admin_users.join(",")),
         ("stats_users", p.stats_users.join(",")),
         ("stats_period", secs(p.stats_period)),
+        ("metrics_listen", p.metrics_listen.clone().unwrap_or_default()),
         ("min_pool_size", p.min_pool_size.to_string()),
         ("reserve_pool_size", p.reserve_pool_size.to_string()),
         ("reserve_pool_timeout", opt_secs(p.reserve_pool_timeout)),
@@ -158,6 +159,29 @@ impl Config {
         let section = Section::new(&self.path, "pooler".into(), &table);
         crate::pooler::apply_pooler(&section, &mut next.pooler)
             .map_err(|e: ConfigError| SetError::Invalid(e.message))?;
+        // Database and user entries carry the global value when they did not set their own: follow the change.
+        let (old, new) = (&self.pooler, next.pooler.clone());
+        for db in &mut next.databases {
+            if db.server_lifetime == old.server_lifetime {
+                db.server_lifetime = new.server_lifetime;
+            }
+            if db.query_wait_timeout == old.query_wait_timeout {
+                db.query_wait_timeout = new.query_wait_timeout;
+            }
+        }
+        for u in &mut next.users {
+            for (field, was, now) in [
+                (&mut u.query_timeout, old.query_timeout, new.query_timeout),
+                (&mut u.query_wait_timeout, old.query_wait_timeout, new.query_wait_timeout),
+                (&mut u.idle_transaction_timeout, old.idle_transaction_timeout, new.idle_transaction_timeout),
+                (&mut u.transaction_timeout, old.transaction_timeout, new.transaction_timeout),
+                (&mut u.client_idle_timeout, old.client_idle_timeout, new.client_idle_timeout),
+            ] {
+                if *field == was {
+                    *field = now;
+                }
+            }
+        }
         Ok(next)
     }
 }

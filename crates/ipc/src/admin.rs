@@ -5,7 +5,7 @@
 //!
 //! A snapshot can be large (one entry per client), so replies travel in pieces (`wire::chunks`, `Msg::AdminReply`).
 
-use crate::stats::{Counters, WorkerReport};
+use crate::stats::{Counters, Latency, WorkerReport};
 use crate::wire::{put_bool, put_bytes, put_list, put_opt_str, put_str, put_u32, put_u64, put_u8, Fields, WireError};
 
 /// A console command the supervisor carries out. Database names are as the console user typed them.
@@ -221,6 +221,55 @@ pub struct Snapshot {
     pub settings: Vec<(String, String, String, bool)>,
     /// Workers alive (each holds at most one upstream).
     pub workers: u32,
+    /// The process family's own numbers (the Prometheus endpoint shows them).
+    pub process: ProcessInfo,
+}
+
+/// What the supervisor counts about its children and sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Listener processes alive.
+    pub listeners: u32,
+    /// When the supervisor started (µs since the epoch).
+    pub start_time_us: u64,
+    /// Workers that died of a signal or a non-zero exit.
+    pub worker_crashes: u64,
+    /// Listeners that did.
+    pub listener_crashes: u64,
+    /// Sessions a worker handed back to be moved to another worker (`Msg::Migrate`).
+    pub sessions_migrated: u64,
+    /// Sessions whose worker went away and that went on at another worker.
+    pub sessions_recovered: u64,
+    /// Sessions closed because their worker died while serving them.
+    pub sessions_lost: u64,
+}
+
+impl ProcessInfo {
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.listeners);
+        for v in [
+            self.start_time_us,
+            self.worker_crashes,
+            self.listener_crashes,
+            self.sessions_migrated,
+            self.sessions_recovered,
+            self.sessions_lost,
+        ] {
+            put_u64(out, v);
+        }
+    }
+
+    fn decode(f: &mut Fields<'_>) -> Result<ProcessInfo, WireError> {
+        Ok(ProcessInfo {
+            listeners: f.u32("listeners")?,
+            start_time_us: f.u64("start time")?,
+            worker_crashes: f.u64("worker crashes")?,
+            listener_crashes: f.u64("listener crashes")?,
+            sessions_migrated: f.u64("sessions migrated")?,
+            sessions_recovered: f.u64("sessions recovered")?,
+            sessions_lost: f.u64("sessions lost")?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -268,6 +317,8 @@ pub struct PoolInfo {
     /// The totals at the start of the averaging window, and how long ago that was (µs; 0 = no window yet).
     pub window_start: Counters,
     pub window_us: u64,
+    /// Latency histograms of every worker this pool ever had, as `totals`.
+    pub latency: Latency,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -351,6 +402,7 @@ impl Snapshot {
             p.totals.encode(out);
             p.window_start.encode(out);
             put_u64(out, p.window_us);
+            p.latency.encode(out);
         });
         put_list(out, &self.clients, |out, c| {
             put_u64(out, c.id);
@@ -384,6 +436,7 @@ impl Snapshot {
             put_bool(out, *c);
         });
         put_u32(out, self.workers);
+        self.process.encode(out);
     }
 
     fn decode(f: &mut Fields<'_>) -> Result<Snapshot, WireError> {
@@ -408,7 +461,7 @@ impl Snapshot {
                 max_client_connections: f.u32("max_client_connections")?,
             })
         })?;
-        let pools = f.list("pools", 4 + 4 + 1 + 4 + 4 + 4 + 88 + 88 + 8, |f| {
+        let pools = f.list("pools", 4 + 4 + 1 + 4 + 4 + 4 + 88 + 88 + 8 + Latency::LEN, |f| {
             Ok(PoolInfo {
                 database: f.string("pool database")?,
                 user: f.string("pool user")?,
@@ -425,6 +478,7 @@ impl Snapshot {
                 totals: Counters::decode(f)?,
                 window_start: Counters::decode(f)?,
                 window_us: f.u64("window")?,
+                latency: Latency::decode(f)?,
             })
         })?;
         let clients = f.list("clients", 8 + 4 * 6 + 8 + 4, |f| {
@@ -457,6 +511,7 @@ impl Snapshot {
             Ok((f.string("key")?, f.string("value")?, f.string("default")?, f.bool("changeable")?))
         })?;
         let workers = f.u32("workers")?;
+        let process = ProcessInfo::decode(f)?;
         Ok(Snapshot {
             now_us,
             pause_state,
@@ -468,6 +523,7 @@ impl Snapshot {
             user_limits,
             settings,
             workers,
+            process,
         })
     }
 }
@@ -510,6 +566,7 @@ mod tests {
                 totals: Counters { xact_count: 9, ..Counters::default() },
                 window_start: Counters { xact_count: 1, ..Counters::default() },
                 window_us: 60_000_000,
+                latency: crate::stats::tests::sample().latency,
             }],
             clients: vec![ClientInfo {
                 id: 7,
@@ -535,6 +592,15 @@ mod tests {
             ],
             settings: vec![("listen_port".into(), "6432".into(), "6432".into(), false)],
             workers: 2,
+            process: ProcessInfo {
+                listeners: 2,
+                start_time_us: 1_700_000_000_000_000,
+                worker_crashes: 1,
+                listener_crashes: 0,
+                sessions_migrated: 5,
+                sessions_recovered: 3,
+                sessions_lost: u64::MAX,
+            },
         }
     }
 

@@ -4,6 +4,10 @@
 //!
 //! Counters only grow for the life of the worker; the supervisor adds a dead worker's last counters to its pool, so
 //! totals never go backwards. Times are microseconds; wall-clock instants are microseconds since the Unix epoch.
+//!
+//! The latency histograms behind the Prometheus endpoint ([`Histogram`], [`Latency`]) travel the same way: a fixed
+//! array of bucket counts per histogram, so observing is an index and an increment, and adding two is element-wise
+//! (which is how the supervisor sums workers, dead ones included).
 
 use crate::wire::{put_bool, put_list, put_str, put_u32, put_u64, put_u8, Fields, WireError};
 
@@ -100,6 +104,103 @@ impl Counters {
     }
 }
 
+/// Upper bounds of the latency buckets in µs, inclusive as Prometheus' `le`: 0.5 ms to 10 s. Observations above the
+/// last bound fall in a final bucket (`le="+Inf"`).
+pub const BUCKET_BOUNDS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+/// Buckets per histogram: one per bound plus the +Inf one.
+pub const BUCKETS: usize = BUCKET_BOUNDS_US.len() + 1;
+
+/// A latency histogram: observations per bucket (not cumulative; Prometheus' cumulative `_bucket` series are
+/// computed when rendering) and the sum of every observation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Histogram {
+    pub buckets: [u64; BUCKETS],
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    /// Counts one observation of `us` microseconds.
+    pub fn observe(&mut self, us: u64) {
+        let i = BUCKET_BOUNDS_US.iter().position(|&bound| us <= bound).unwrap_or(BUCKET_BOUNDS_US.len());
+        if let Some(b) = self.buckets.get_mut(i) {
+            *b = b.saturating_add(1);
+        }
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().fold(0u64, |a, b| a.saturating_add(*b))
+    }
+
+    /// Running totals: entry `i` counts the observations at or below bound `i`; the last one is [`Self::count`].
+    pub fn cumulative(&self) -> [u64; BUCKETS] {
+        let mut out = [0u64; BUCKETS];
+        let mut running = 0u64;
+        for (o, b) in out.iter_mut().zip(self.buckets) {
+            running = running.saturating_add(b);
+            *o = running;
+        }
+        out
+    }
+
+    pub fn add(&self, other: &Histogram) -> Histogram {
+        let mut out = *self;
+        for (o, b) in out.buckets.iter_mut().zip(other.buckets) {
+            *o = o.saturating_add(b);
+        }
+        out.sum_us = out.sum_us.saturating_add(other.sum_us);
+        out
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        for b in self.buckets {
+            put_u64(out, b);
+        }
+        put_u64(out, self.sum_us);
+    }
+
+    fn decode(f: &mut Fields<'_>) -> Result<Histogram, WireError> {
+        let mut h = Histogram::default();
+        for b in h.buckets.iter_mut() {
+            *b = f.u64("histogram bucket")?;
+        }
+        h.sum_us = f.u64("histogram sum")?;
+        Ok(h)
+    }
+}
+
+/// The latency histograms a worker keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// From a query's first byte sent upstream to its ReadyForQuery (as `query_time_us`).
+    pub query: Histogram,
+    /// From a session's request arriving (it became readable and queued) to the start of its turn (as
+    /// `wait_time_us`).
+    pub wait: Histogram,
+}
+
+impl Latency {
+    /// Encoded size in bytes.
+    pub const LEN: usize = 2 * (BUCKETS + 1) * 8;
+
+    pub fn add(&self, other: &Latency) -> Latency {
+        Latency { query: self.query.add(&other.query), wait: self.wait.add(&other.wait) }
+    }
+
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        self.query.encode(out);
+        self.wait.encode(out);
+    }
+
+    pub(crate) fn decode(f: &mut Fields<'_>) -> Result<Latency, WireError> {
+        Ok(Latency { query: Histogram::decode(f)?, wait: Histogram::decode(f)? })
+    }
+}
+
 /// Where a session stands in its worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionState {
@@ -189,6 +290,7 @@ pub struct WorkerReport {
     /// The upstream will be closed once released (RECONNECT, server_lifetime).
     pub close_needed: bool,
     pub sessions: Vec<SessionReport>,
+    pub latency: Latency,
 }
 
 impl WorkerReport {
@@ -220,6 +322,7 @@ impl WorkerReport {
             put_u32(out, s.prepared);
             put_u8(out, s.pins);
         });
+        self.latency.encode(out);
     }
 
     /// Decodes a whole payload (all its pieces joined).
@@ -255,8 +358,9 @@ impl WorkerReport {
                 pins: f.u8("pins")?,
             })
         })?;
+        let latency = Latency::decode(&mut f)?;
         f.finish()?;
-        Ok(WorkerReport { counters, upstream, paused, released, close_needed, sessions })
+        Ok(WorkerReport { counters, upstream, paused, released, close_needed, sessions, latency })
     }
 }
 
@@ -305,6 +409,12 @@ pub(crate) mod tests {
                     pins: 0,
                 },
             ],
+            latency: {
+                let mut l = Latency::default();
+                l.query.observe(700);
+                l.wait.observe(u64::MAX);
+                l
+            },
         }
     }
 
@@ -330,6 +440,29 @@ pub(crate) mod tests {
         // counters 88 + upstream flag 1 + 3 flags + count 4 + session id 8 → state byte
         buf[88 + 1 + 3 + 4 + 8] = 9;
         assert_eq!(WorkerReport::decode(&buf), Err(WireError::InvalidValue("session state")));
+    }
+
+    #[test]
+    fn histogram_buckets_are_inclusive_upper_bounds() {
+        let mut h = Histogram::default();
+        for us in [0, 500, 501, 1_000, 10_000_000, 10_000_001, u64::MAX] {
+            h.observe(us);
+        }
+        // 0 and 500 in le=0.0005; 501 and 1000 in le=0.001; 10 s in le=10; the rest in +Inf.
+        assert_eq!(h.buckets[0], 2);
+        assert_eq!(h.buckets[1], 2);
+        assert_eq!(h.buckets[BUCKETS - 2], 1);
+        assert_eq!(h.buckets[BUCKETS - 1], 2);
+        assert_eq!(h.count(), 7);
+        assert_eq!(h.sum_us, u64::MAX, "the sum saturates instead of wrapping");
+        let c = h.cumulative();
+        assert!(c.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(c[BUCKETS - 1], h.count());
+        assert_eq!(c[0], 2);
+        assert_eq!(c[1], 4);
+        let twice = h.add(&h);
+        assert_eq!(twice.count(), 14);
+        assert_eq!(twice.buckets[1], 4);
     }
 
     #[test]

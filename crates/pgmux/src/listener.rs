@@ -15,6 +15,9 @@
 //! A login to the admin console (database `pgbouncer` or `pgmux`) is not handed off: the connection stays here as
 //! a console (`crate::admin::console`), whose commands go to the supervisor as `Msg::AdminRequest` and whose
 //! answers come back as `Msg::AdminReply`.
+//!
+//! With `metrics_listen` set, the listener also serves the Prometheus endpoint on the socket the supervisor bound
+//! for it (`crate::metrics::server`), asking the supervisor for snapshots the same way.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -35,6 +38,7 @@ use pgmux_proto::startup::{decode_startup, startup_packet_len, Startup, StartupE
 use crate::admin::console::{Console, Step};
 use crate::admin::show::Local;
 use crate::client_auth::{AuthStep, ClientAuth};
+use crate::metrics::server::{self as metrics, MetricsServer};
 use crate::net::{Conn, ReadOutcome};
 use crate::process;
 use crate::sockets::ListenSocket;
@@ -47,6 +51,8 @@ pub struct ListenerContext {
     pub listen: Vec<ListenSocket>,
     pub channel: Channel,
     pub parent: Pid,
+    /// The Prometheus endpoint's listen socket (`metrics_listen`), shared by every listener.
+    pub metrics: Option<OwnedFd>,
 }
 
 const CHANNEL: Token = Token(usize::MAX);
@@ -192,6 +198,7 @@ struct Listener {
     /// Console commands sent to the supervisor: request id → connection slot.
     admin_requests: std::collections::HashMap<u64, usize>,
     next_admin_id: u64,
+    metrics: Option<MetricsServer>,
 }
 
 impl Listener {
@@ -210,6 +217,10 @@ impl Listener {
             poll.registry().register(entry.source(), Token(LISTEN_BASE - i), Interest::READABLE)?;
             listen.push(Some(entry));
         }
+        let metrics = match ctx.metrics {
+            Some(fd) => Some(MetricsServer::new(fd, poll.registry())?),
+            None => None,
+        };
         Ok(Listener {
             index: ctx.index,
             config: ctx.config,
@@ -230,6 +241,7 @@ impl Listener {
             exit: None,
             admin_requests: std::collections::HashMap::new(),
             next_admin_id: 1,
+            metrics,
         })
     }
 
@@ -266,6 +278,13 @@ impl Listener {
                             self.drive(t);
                         }
                     }
+                    t if metrics::owns(t) => {
+                        if let Some(m) = self.metrics.as_mut() {
+                            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                            let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                            m.event(self.poll.registry(), t, readable, writable);
+                        }
+                    }
                     Token(t) => {
                         if let Some(Some(l)) = LISTEN_BASE.checked_sub(t).and_then(|i| self.listen.get_mut(i)) {
                             l.ready = true;
@@ -277,6 +296,7 @@ impl Listener {
                 }
             }
             self.accept_all();
+            self.serve_metrics();
             if self.last_tick.elapsed() >= TICK {
                 self.last_tick = Instant::now();
                 self.janitor();
@@ -485,6 +505,20 @@ impl Listener {
         self.send(&Msg::Login { record }, vec![c.sock.into_fd()], "login");
     }
 
+    /// Accepts metrics connections and asks the supervisor for a snapshot for each complete request.
+    fn serve_metrics(&mut self) {
+        let Some(m) = self.metrics.as_mut() else { return };
+        m.accept(self.poll.registry());
+        for slot in m.take_asks() {
+            let id = self.next_admin_id;
+            self.next_admin_id += 1;
+            if let Some(m) = self.metrics.as_mut() {
+                m.asked(slot, id);
+            }
+            self.send(&Msg::AdminRequest { id, command: AdminCommand::Snapshot }, Vec::new(), "metrics request");
+        }
+    }
+
     // ----- supervisor channel -----
 
     fn send(&mut self, msg: &Msg, fds: Vec<OwnedFd>, what: &str) {
@@ -544,7 +578,12 @@ impl Listener {
 
     /// A piece of the supervisor's answer to a console command.
     fn admin_reply(&mut self, id: u64, last: bool, part: &[u8]) {
-        let Some(&slot) = self.admin_requests.get(&id) else { return };
+        let Some(&slot) = self.admin_requests.get(&id) else {
+            if let Some(m) = self.metrics.as_mut() {
+                m.reply_part(self.poll.registry(), id, part, last);
+            }
+            return;
+        };
         if last {
             self.admin_requests.remove(&id);
         }
@@ -569,6 +608,9 @@ impl Listener {
             if let Some(mut l) = entry.take() {
                 let _ = self.poll.registry().deregister(l.source());
             }
+        }
+        if let Some(m) = self.metrics.as_mut() {
+            m.stop_accepting(self.poll.registry());
         }
         // Console sessions stay: a listener retired by a reload serves them until their clients leave; when pgmux
         // itself stops, the supervisor says so (`Msg::CloseConsoles`).
@@ -598,6 +640,9 @@ impl Listener {
         let now = Instant::now();
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept_paused_until = None;
+        }
+        if let Some(m) = self.metrics.as_mut() {
+            m.tick(self.poll.registry(), now);
         }
         let timeout = self.config.pooler.client_login_timeout;
         for slot in 0..self.clients.len() {
@@ -972,6 +1017,7 @@ mod tests {
                 listen: vec![ListenSocket::Tcp { fd: std_listener.into(), addr }],
                 channel: child,
                 parent: nix::unistd::getppid(),
+                metrics: None,
             };
             let thread = Some(std::thread::spawn(move || run(ctx)));
             Harness { addr, sup, thread }

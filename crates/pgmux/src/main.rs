@@ -8,6 +8,7 @@ mod board;
 mod client_auth;
 mod listener;
 mod logging;
+mod metrics;
 mod net;
 mod process;
 mod sd_notify;
@@ -240,6 +241,13 @@ fn main() -> ExitCode {
         error!("nothing to listen on: listen_addr and unix_socket_dir are both empty");
         return ExitCode::from(1);
     }
+    let metrics = match config.pooler.metrics_listen.as_deref().map(sockets::bind_metrics).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     if let Some(user) = &user {
         if let Err(e) = switch_user(user, &config.pooler) {
             error!("-u {}: {e}", user.name);
@@ -262,7 +270,7 @@ fn main() -> ExitCode {
         }
     }
     info!("pgmux {} starting", env!("CARGO_PKG_VERSION"));
-    let code = match supervisor::Supervisor::new(config, userlist, listen) {
+    let code = match supervisor::Supervisor::new(config, userlist, listen, metrics) {
         Ok(mut s) => s.run(),
         Err(e) => {
             error!("{e}");

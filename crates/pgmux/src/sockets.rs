@@ -64,6 +64,24 @@ pub fn bind_all(addrs: &[String], port: u16, unix_dir: Option<&Path>) -> Result<
     Ok(out)
 }
 
+/// The Prometheus endpoint's socket: `metrics_listen` is `ip:port`, `[v6]:port` or `host:port` (bound to the first
+/// address the host resolves to).
+pub fn bind_metrics(addr: &str) -> Result<ListenSocket, BindError> {
+    let what = format!("{addr} (metrics_listen)");
+    let resolved = match addr.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            use std::net::ToSocketAddrs;
+            let mut all = addr.to_socket_addrs().map_err(|e| BindError { what: what.clone(), source: e })?;
+            all.next().ok_or_else(|| BindError {
+                what: what.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address"),
+            })?
+        }
+    };
+    bind_tcp(resolved).map_err(|e| BindError { what, source: e.source })
+}
+
 fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, BindError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);

@@ -119,6 +119,8 @@ pub struct Supervisor {
     config: Arc<Config>,
     userlist: Arc<UserList>,
     listen: Vec<ListenSocket>,
+    /// The Prometheus endpoint's socket, bound here and served by the listeners (`crate::metrics`).
+    metrics: Option<ListenSocket>,
     poll: Poll,
     signals: SignalFd,
     children: Vec<Option<Child>>,
@@ -141,7 +143,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(config: Config, userlist: UserList, listen: Vec<ListenSocket>) -> Result<Supervisor, String> {
+    pub fn new(
+        config: Config,
+        userlist: UserList,
+        listen: Vec<ListenSocket>,
+        metrics: Option<ListenSocket>,
+    ) -> Result<Supervisor, String> {
         let mask = process::supervisor_signals();
         mask.thread_block().map_err(|e| format!("blocking signals: {e}"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -156,6 +163,7 @@ impl Supervisor {
             config: Arc::new(config),
             userlist: Arc::new(userlist),
             listen,
+            metrics,
             poll,
             signals,
             children: Vec::new(),
@@ -176,6 +184,9 @@ impl Supervisor {
     pub fn run(&mut self) -> i32 {
         for s in &self.listen {
             info!("listening on {}", s.describe());
+        }
+        if let Some(m) = &self.metrics {
+            info!("metrics on http://{}/metrics", m.describe());
         }
         for index in 1..=self.config.pooler.listeners {
             if let Err(e) = self.spawn_listener(index) {
@@ -265,12 +276,14 @@ impl Supervisor {
     fn spawn_listener(&mut self, index: u32) -> Result<(), String> {
         let (mine, theirs) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
         let mut keep: Vec<RawFd> = self.listen.iter().map(|l| l.fd().as_raw_fd()).collect();
+        keep.extend(self.metrics.as_ref().map(|m| m.fd().as_raw_fd()));
         keep.push(theirs.as_raw_fd());
         keep.extend(logging::log_fd());
         let config = self.config.clone();
         let userlist = self.userlist.clone();
         let parent = self.me;
         let listen = &self.listen;
+        let metrics_socket = &self.metrics;
         let pid = process::fork_child("pgmux-listener", &keep, || {
             logging::set_role(format!("listener-{index}"));
             let mut sockets = Vec::new();
@@ -281,7 +294,19 @@ impl Supervisor {
                     ListenSocket::Unix { path, .. } => ListenSocket::Unix { fd, path: path.clone() },
                 });
             }
-            listener::run(ListenerContext { index, config, userlist, listen: sockets, channel: theirs, parent })
+            let metrics = match metrics_socket.as_ref().map(|m| m.fd().try_clone_to_owned()).transpose() {
+                Ok(m) => m,
+                Err(_) => return 1,
+            };
+            listener::run(ListenerContext {
+                index,
+                config,
+                userlist,
+                listen: sockets,
+                channel: theirs,
+                parent,
+                metrics,
+            })
         })
         .map_err(|e| e.to_string())?;
         let name = format!("listener-{index}");
@@ -591,6 +616,7 @@ impl Supervisor {
     /// or hold it here if that worker is draining and no other can take it.
     fn migrate(&mut self, from: usize, pool: usize, record: SessionRecord, fd: OwnedFd) {
         let id = record.session_id;
+        self.admin.events.sessions_migrated += 1;
         if let Some(c) = self.children.get_mut(from).and_then(|c| c.as_mut()) {
             c.sessions = c.sessions.saturating_sub(1);
         }
@@ -724,8 +750,9 @@ impl Supervisor {
         if config.pooler.listen_addr != old.pooler.listen_addr
             || config.pooler.listen_port != old.pooler.listen_port
             || config.pooler.unix_socket_dir != old.pooler.unix_socket_dir
+            || config.pooler.metrics_listen != old.pooler.metrics_listen
         {
-            warn!("reload: listen_addr, listen_port and unix_socket_dir only change with a restart");
+            warn!("reload: listen_addr, listen_port, unix_socket_dir and metrics_listen only change with a restart");
         }
         self.config = Arc::new(config);
         self.userlist = Arc::new(userlist);
@@ -765,11 +792,10 @@ impl Supervisor {
             let Some(settings) = self.config.pool_settings(&database, &user, p.dedicated) else { continue };
             let redefined = workers_changed
                 || settings.pool_mode != p.settings.pool_mode
-                || settings.server_lifetime != p.settings.server_lifetime
-                || settings.query_wait_timeout != p.settings.query_wait_timeout
                 || before.as_ref().is_none_or(|b| {
                     (&b.host, b.port, old.upstream_dbname(b, &database), &b.user, &b.password)
                         != (&db.host, db.port, self.config.upstream_dbname(&db, &database), &db.user, &db.password)
+                        || entry_view(&old, b, &user) != entry_view(&self.config, &db, &user)
                 });
             let size = settings.pool_size.max(1) as usize;
             let mut retire: Vec<usize> = Vec::new();
@@ -905,6 +931,12 @@ impl Supervisor {
             other => format!("{other:?}"),
         };
         let crashed = !matches!(status, WaitStatus::Exited(_, 0));
+        if crashed {
+            match child.role {
+                Role::Worker { .. } => self.admin.events.worker_crashes += 1,
+                Role::Listener { .. } => self.admin.events.listener_crashes += 1,
+            }
+        }
         if self.shutdown.is_some() || (child.retiring && !crashed) {
             info!("{} (pid {pid}) exited: {how}", child.name);
             if let Role::Worker { pool, .. } = child.role {
@@ -984,6 +1016,8 @@ impl Supervisor {
                 }
             }
         }
+        self.admin.events.sessions_recovered += moved as u64;
+        self.admin.events.sessions_lost += lost as u64;
         if moved + lost > 0 {
             warn!(
                 "{name}: {moved} idle session(s) moved to other workers, {lost} session(s) with a request in flight closed"
@@ -1055,6 +1089,7 @@ impl Supervisor {
             // Stop listening: new connections go to a sibling pooler (so_reuseport) or are refused by the kernel.
             self.shut_listen_sockets();
             self.listen.clear();
+            self.metrics = None;
             for slot in 0..self.children.len() {
                 let is_listener = self
                     .children
@@ -1170,12 +1205,37 @@ fn worker_view(p: &pgmux_config::Pooler) -> pgmux_config::Pooler {
     v.admin_users.clear();
     v.stats_users.clear();
     v.stats_period = Duration::ZERO;
+    v.metrics_listen = None;
     // Read only by main, at start-up.
     v.user = None;
     v.verbose = 0;
     v.so_reuseport = false;
     v.listen_backlog = 0;
     v
+}
+
+/// What a worker reads, at its start, from its database's and its user's entries besides the upstream's address
+/// and login: when it changes on reload, the pool's workers are replaced.
+#[allow(clippy::type_complexity)]
+fn entry_view<'a>(
+    config: &'a Config,
+    db: &'a pgmux_config::Database,
+    user: &str,
+) -> ([Option<Duration>; 2], [&'a Option<String>; 5], Option<[Option<Duration>; 5]>) {
+    let u = config.user(user).map(|u| {
+        [
+            u.query_timeout,
+            u.query_wait_timeout,
+            u.idle_transaction_timeout,
+            u.transaction_timeout,
+            u.client_idle_timeout,
+        ]
+    });
+    (
+        [db.server_lifetime, db.query_wait_timeout],
+        [&db.client_encoding, &db.datestyle, &db.timezone, &db.application_name, &db.connect_query],
+        u,
+    )
 }
 
 /// Tell a client it cannot be served, without reading anything from it. The message is pgmux's own.

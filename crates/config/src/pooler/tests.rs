@@ -401,11 +401,8 @@ fn pgbouncer_keys_work_in_toml_too() {
     let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(
         lines,
-        [
-            "/etc/pgmux/pooler.toml: pooler.tcp_keepalive: has no effect in pgmux: pgmux leaves this socket option \
-             at the operating system's default",
-            "/etc/pgmux/pooler.toml: databases.x.connect_query: has no effect in pgmux yet (accepted, not acted on)",
-        ]
+        ["/etc/pgmux/pooler.toml: pooler.tcp_keepalive: has no effect in pgmux: pgmux leaves this socket option \
+             at the operating system's default",]
     );
     assert_err(&pooler_err("so_reuseport = \"yes\""), "pooler.so_reuseport", "expected a boolean, found string");
     assert_err(&pooler_err("tcp_keepcnt = 1.5"), "pooler.tcp_keepcnt", "expected an integer, found float");
@@ -419,4 +416,24 @@ fn relative_socket_dir_resolves_against_config_dir() {
         Config::parse("[pooler]\nunix_socket_dir = \"run\"\n[databases.x]\n", Path::new("/srv/pooler.toml")).unwrap();
     assert_eq!(c.pooler.unix_socket_dir, Some(PathBuf::from("/srv/run")));
     assert_eq!(c.databases[0].host, "/srv/run");
+}
+
+#[test]
+fn metrics_listen_is_host_and_port() {
+    let get = |v: &str| {
+        let text = format!("[pooler]\nmetrics_listen = {v:?}\n[databases.x]\nhost = \"h\"\n");
+        parse(&text).map(|c| c.pooler.metrics_listen)
+    };
+    assert_eq!(parse("[databases.x]\nhost = \"h\"\n").unwrap().pooler.metrics_listen, None);
+    assert_eq!(get("").unwrap(), None);
+    assert_eq!(get("127.0.0.1:9127").unwrap().as_deref(), Some("127.0.0.1:9127"));
+    assert_eq!(get("[::1]:9127").unwrap().as_deref(), Some("[::1]:9127"));
+    assert_eq!(get("localhost:9127").unwrap().as_deref(), Some("localhost:9127"));
+    for bad in ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":9127", "::1:9127", "[::1]", "[nope]:9127", "a b:1"] {
+        let e = get(bad).expect_err(bad);
+        assert_err(&e, "pooler.metrics_listen", "invalid value");
+    }
+    // No warning: it is pgmux's own key and does what it says.
+    let c = parse("[pooler]\nmetrics_listen = \"127.0.0.1:9127\"\n[databases.x]\nhost = \"h\"\n").unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }

@@ -222,42 +222,22 @@ fn pools(snap: &Snapshot) -> ResultSet {
         ],
     );
     for p in sorted_pools(snap) {
-        let (mut active, mut waiting, mut maxwait) = (0u64, p.waiting.len() as u64, 0u64);
-        let mut sv = [0u64; 4];
-        for (_, us) in &p.waiting {
-            maxwait = maxwait.max(*us);
-        }
-        for w in &p.workers {
-            if let Some(st) = server_state(w) {
-                if let Some(slot) = sv.get_mut(st as usize) {
-                    *slot += 1;
-                }
-            }
-            for sess in w.report.iter().flat_map(|r| r.sessions.iter()) {
-                if sess.state == SessionState::Waiting {
-                    waiting += 1;
-                    maxwait = maxwait.max(sess.wait_us);
-                } else {
-                    active += 1;
-                }
-            }
-        }
-        let [idle, sv_active, used, login] = sv;
-        let (mw, mw_us) = wait_pair(maxwait);
+        let c = pool_counts(p);
+        let (mw, mw_us) = wait_pair(c.maxwait_us);
         r.push(vec![
             s(&p.database),
             s(&p.user),
-            n(active),
-            n(waiting),
+            n(c.cl_active),
+            n(c.cl_waiting),
             n(0),
             n(0),
-            n(sv_active),
+            n(c.sv_active),
             n(0),
             n(0),
-            n(idle),
-            n(used),
+            n(c.sv_idle),
+            n(c.sv_used),
             n(0),
-            n(login),
+            n(c.sv_login),
             mw,
             mw_us,
             s(mode_name(p.pool_mode)),
@@ -265,6 +245,53 @@ fn pools(snap: &Snapshot) -> ResultSet {
         ]);
     }
     r
+}
+
+/// A pool's SHOW POOLS numbers (also the Prometheus endpoint's pool gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub cl_active: u64,
+    pub cl_waiting: u64,
+    pub sv_active: u64,
+    pub sv_idle: u64,
+    pub sv_used: u64,
+    pub sv_login: u64,
+    pub maxwait_us: u64,
+}
+
+pub fn pool_counts(p: &PoolInfo) -> PoolCounts {
+    let (mut active, mut waiting, mut maxwait) = (0u64, p.waiting.len() as u64, 0u64);
+    let mut sv = [0u64; 4];
+    for (_, us) in &p.waiting {
+        maxwait = maxwait.max(*us);
+    }
+    for w in &p.workers {
+        if let Some(st) = server_state(w) {
+            if let Some(slot) = sv.get_mut(st as usize) {
+                *slot += 1;
+            }
+        }
+        for sess in w.report.iter().flat_map(|r| r.sessions.iter()) {
+            if sess.state == SessionState::Waiting {
+                waiting += 1;
+                maxwait = maxwait.max(sess.wait_us);
+            } else {
+                active += 1;
+            }
+        }
+    }
+    let [sv_idle, sv_active, sv_used, sv_login] = sv;
+    PoolCounts { cl_active: active, cl_waiting: waiting, sv_active, sv_idle, sv_used, sv_login, maxwait_us: maxwait }
+}
+
+/// Server connections (workers with an upstream) per database: SHOW DATABASES' current_connections.
+pub fn servers_by_database(snap: &Snapshot) -> HashMap<&str, u64> {
+    let mut servers: HashMap<&str, u64> = HashMap::new();
+    for p in &snap.pools {
+        let up = p.workers.iter().filter(|w| w.report.as_ref().is_some_and(|r| r.upstream.is_some())).count();
+        *servers.entry(p.database.as_str()).or_default() += up as u64;
+    }
+    servers
 }
 
 /// Per-database sums of the pools' totals and of their averaging-window starts, in database order.
@@ -628,11 +655,7 @@ fn databases(snap: &Snapshot) -> ResultSet {
             "disabled",
         ],
     );
-    let mut servers: HashMap<&str, u64> = HashMap::new();
-    for p in &snap.pools {
-        let up = p.workers.iter().filter(|w| w.report.as_ref().is_some_and(|r| r.upstream.is_some())).count();
-        *servers.entry(p.database.as_str()).or_default() += up as u64;
-    }
+    let servers = servers_by_database(snap);
     let mut clients: HashMap<&str, u64> = HashMap::new();
     for c in &snap.clients {
         *clients.entry(c.database.as_str()).or_default() += 1;
@@ -941,6 +964,7 @@ mod tests {
                 totals: Counters { xact_count: 70, query_count: 140, xact_time_us: 7000, ..Counters::default() },
                 window_start: Counters { xact_count: 10, query_count: 20, xact_time_us: 1000, ..Counters::default() },
                 window_us: 60_000_000,
+                ..PoolInfo::default()
             }],
             clients: (1..=5).map(client).collect(),
             users: vec!["alice".into()],
@@ -953,6 +977,7 @@ mod tests {
             }],
             settings: vec![("listen_port".into(), "6432".into(), "6432".into(), false)],
             workers: 3,
+            ..Snapshot::default()
         }
     }
 

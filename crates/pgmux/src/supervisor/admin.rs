@@ -22,10 +22,10 @@ use log::{info, warn};
 use pgmux_config::settings::{self, SetError};
 use pgmux_config::PoolMode;
 use pgmux_ipc::admin::{
-    AdminCommand, AdminReply, ClientInfo, DatabaseInfo, PoolInfo, ShutdownMode, Snapshot, UserInfo, WorkerInfo,
-    MODE_SESSION, MODE_STATEMENT, MODE_TRANSACTION,
+    AdminCommand, AdminReply, ClientInfo, DatabaseInfo, PoolInfo, ProcessInfo, ShutdownMode, Snapshot, UserInfo,
+    WorkerInfo, MODE_SESSION, MODE_STATEMENT, MODE_TRANSACTION,
 };
-use pgmux_ipc::stats::{Counters, WorkerReport};
+use pgmux_ipc::stats::{Counters, Latency, WorkerReport};
 use pgmux_ipc::wire::{self, Assembler};
 use pgmux_ipc::{Msg, SessionRecord};
 
@@ -102,8 +102,12 @@ pub(super) struct AdminState {
     gathers: Vec<Gather>,
     latest: HashMap<usize, Latest>,
     assembling: HashMap<usize, Assembler>,
-    /// Counters of workers that are gone, by pool.
+    /// Counters and latency histograms of workers that are gone, by pool.
     retired: HashMap<usize, Counters>,
+    retired_latency: HashMap<usize, Latency>,
+    /// Crashes, moves and re-homed sessions, counted where they happen in `supervisor.rs` (the snapshot fills in
+    /// the listener count).
+    pub(super) events: ProcessInfo,
     window: Window,
     /// What SHOW CLIENTS shows of each session, noted at login.
     clients: HashMap<u64, ClientInfo>,
@@ -124,6 +128,8 @@ impl AdminState {
             latest: HashMap::new(),
             assembling: HashMap::new(),
             retired: HashMap::new(),
+            retired_latency: HashMap::new(),
+            events: ProcessInfo { start_time_us: wall_now_us(), ..ProcessInfo::default() },
             window: Window {
                 older: HashMap::new(),
                 newer: HashMap::new(),
@@ -240,6 +246,8 @@ impl Supervisor {
         if let (Some(latest), Role::Worker { pool, .. }) = (self.admin.latest.remove(&slot), role) {
             let retired = self.admin.retired.entry(pool).or_default();
             *retired = retired.add(&latest.report.counters);
+            let retired = self.admin.retired_latency.entry(pool).or_default();
+            *retired = retired.add(&latest.report.latency);
         }
         for g in &mut self.admin.gathers {
             g.pending.remove(&slot);
@@ -251,7 +259,7 @@ impl Supervisor {
     /// stays up while it serves console sessions, so closing the supervisor's copy alone would leave new
     /// connections waiting in the backlog instead of being refused.
     pub(super) fn shut_listen_sockets(&self) {
-        for l in &self.listen {
+        for l in self.listen.iter().chain(&self.metrics) {
             if let crate::sockets::ListenSocket::Tcp { fd, .. } = l {
                 let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Read);
             }
@@ -389,6 +397,18 @@ impl Supervisor {
         totals
     }
 
+    /// Every worker's latency histograms plus the retired ones, by pool.
+    fn pool_latency(&self) -> HashMap<usize, Latency> {
+        let mut totals = self.admin.retired_latency.clone();
+        for (slot, l) in &self.admin.latest {
+            if let Some(Role::Worker { pool, .. }) = self.children.get(*slot).and_then(|c| c.as_ref()).map(|c| c.role) {
+                let t = totals.entry(pool).or_default();
+                *t = t.add(&l.report.latency);
+            }
+        }
+        totals
+    }
+
     fn roll_window(&mut self) {
         let totals = self.pool_totals();
         let w = &mut self.admin.window;
@@ -402,6 +422,7 @@ impl Supervisor {
     fn snapshot(&self, seq: u64) -> Snapshot {
         let now = Instant::now();
         let totals = self.pool_totals();
+        let latency = self.pool_latency();
         let window_us =
             u64::try_from(now.saturating_duration_since(self.admin.window.older_at).as_micros()).unwrap_or(u64::MAX);
         let mut pools = Vec::new();
@@ -436,6 +457,7 @@ impl Supervisor {
                 totals: totals.get(&i).copied().unwrap_or_default(),
                 window_start: self.admin.window.older.get(&i).copied().unwrap_or_default(),
                 window_us,
+                latency: latency.get(&i).copied().unwrap_or_default(),
             });
         }
         let db_info = |name: &str, db: &pgmux_config::Database| DatabaseInfo {
@@ -446,7 +468,7 @@ impl Supervisor {
             force_user: db.user.clone(),
             pool_size: db.pool_size,
             pool_mode: mode_byte(db.pool_mode),
-            server_lifetime_s: db.server_lifetime.or(self.config.pooler.server_lifetime).map_or(0, |d| d.as_secs()),
+            server_lifetime_s: db.server_lifetime.map_or(0, |d| d.as_secs()),
             paused: self.admin.paused_dbs.contains(name),
             disabled: self.admin.disabled.contains(name),
             min_pool_size: db.min_pool_size,
@@ -508,6 +530,13 @@ impl Supervisor {
                 .map(|s| (s.key.to_string(), s.value, s.default, s.changeable))
                 .collect(),
             workers: u32::try_from(self.worker_slots().len()).unwrap_or(u32::MAX),
+            process: ProcessInfo {
+                listeners: u32::try_from(
+                    self.children.iter().flatten().filter(|c| matches!(c.role, Role::Listener { .. })).count(),
+                )
+                .unwrap_or(u32::MAX),
+                ..self.admin.events.clone()
+            },
         }
     }
 

@@ -621,7 +621,7 @@ impl Worker {
 
     /// Every prepared statement of the upstream is gone (and with DISCARD ALL, every setting): other sessions'
     /// statements will be prepared again when they next use them.
-    fn upstream_deallocated(&mut self, discard: bool) {
+    pub(super) fn upstream_deallocated(&mut self, discard: bool) {
         let next = self.next_generation;
         if let Some(up) = self.upstream.as_mut() {
             up.stmts.clear();

@@ -12,6 +12,7 @@
 //! sent, a reply that fits nothing), it drops the upstream and reconnects.
 
 mod client_messages;
+mod limits;
 mod replies;
 mod session;
 mod settings;
@@ -106,6 +107,10 @@ enum Job {
     },
     /// Deallocate SQL-level prepared statements of sessions that left.
     Cleanup,
+    /// The database's connect_query on a new upstream: if it fails, the upstream is not used.
+    Connect,
+    /// server_check_query on an upstream that idled server_check_delay: if it fails, reconnect.
+    Check,
 }
 
 /// The settings a session has on its upstream: everything set at session level (pgmux applies a session's settings
@@ -187,6 +192,14 @@ struct Worker {
     owner_exposed: bool,
     /// Counters and console state for the admin console (`stats`).
     stats: stats::Stats,
+    timeouts: limits::Timeouts,
+    connect_query: Option<String>,
+    /// Since when nobody has used the upstream (server_idle_timeout, server_check_delay).
+    upstream_idle_since: Instant,
+    /// When the upstream's current transaction began (transaction_timeout).
+    txn_started: Option<Instant>,
+    /// When the owner's latest request was read (query_timeout).
+    request_at: Instant,
 }
 
 pub fn run(ctx: WorkerContext) -> i32 {
@@ -232,7 +245,15 @@ impl Worker {
         Ok(Worker {
             pool_mode: pool.pool_mode,
             addr: Address::new(&db.host, db.port),
-            login_params: vec![("user".into(), login_user.clone()), ("database".into(), dbname)],
+            login_params: [("user".to_string(), login_user.clone()), ("database".to_string(), dbname)]
+                .into_iter()
+                .chain(limits::upstream_startup_params(db))
+                .collect(),
+            timeouts: limits::Timeouts::resolve(&config, db, &ctx.user),
+            connect_query: db.connect_query.clone().filter(|q| !q.trim().is_empty()),
+            upstream_idle_since: Instant::now(),
+            txn_started: None,
+            request_at: Instant::now(),
             login_user: login_user.clone(),
             credential,
             ctx,
@@ -429,6 +450,9 @@ impl Worker {
             return;
         }
         let migrated = record.flags & FLAG_MIGRATED != 0;
+        if !migrated && self.ctx.config.pooler.application_name_add_host {
+            add_host_to_application_name(&mut record.startup_params, &record.client_addr);
+        }
         let settings = if migrated { record.settings.clone() } else { settings::from_startup(&record.startup_params) };
         let pending = std::mem::take(&mut record.pending_input);
         let mut s = Session::new(record, conn, settings);
@@ -744,6 +768,11 @@ impl Worker {
                 self.retry_delay = Duration::from_millis(250);
                 self.replies = Replies::new();
                 self.jobs.clear();
+                self.upstream_idle_since = Instant::now();
+                self.txn_started = None;
+                if let Some(q) = self.connect_query.clone() {
+                    self.send_job_query(&q, Job::Connect);
+                }
                 self.send_supervisor(Msg::WorkerStatus { upstream_up: true, sessions: self.by_id.len() as u32 });
                 Ok(())
             }
@@ -935,7 +964,7 @@ impl Worker {
             log::trace!("upstream message '{}' ({} bytes)", h.tag as char, total);
             let route = match self.replies.on_backend(h.tag) {
                 Ok(r) => r,
-                Err(e) => break Err(e.to_string()),
+                Err(e) => break Err(self.unsolicited(h.tag, rest.get(..total).filter(|_| complete), e)),
             };
             if !complete {
                 // Stream the rest of a large row through without buffering it.
@@ -954,6 +983,11 @@ impl Worker {
                 b'Z' => {
                     if let (Ok(status), Some(up)) = (be::parse_ready_for_query(body), self.upstream.as_mut()) {
                         up.txn_status = status;
+                        if status == b'I' {
+                            self.txn_started = None;
+                        } else if self.txn_started.is_none() {
+                            self.txn_started = Some(self.request_at);
+                        }
                         up.copy_in = false;
                         if matches!(route.owner, Some(Owner::Session(_))) && route.disposition != Disposition::Swallow {
                             self.stats.ready_for_query(status);
@@ -1028,6 +1062,21 @@ impl Worker {
         };
         buf.drain(..pos.min(buf.len()));
         result
+    }
+
+    /// A backend message no request asked for: why the upstream must go. When it is PostgreSQL ending the
+    /// connection itself (a FATAL from pg_terminate_backend or a shutdown, arriving while the owner sits idle inside
+    /// its transaction), the owner gets that error first, as a direct client would.
+    fn unsolicited(&mut self, tag: u8, msg: Option<&[u8]>, e: replies::Desync) -> String {
+        let fields = msg
+            .filter(|_| tag == b'E')
+            .and_then(|m| be::parse_error_fields(m.get(frame::HEADER_LEN..).unwrap_or_default()).ok())
+            .filter(|f| f.severity == "FATAL" || f.severity == "PANIC");
+        let (Some(f), Some(msg)) = (fields, msg) else { return e.to_string() };
+        if let Some(s) = self.owner.and_then(|o| self.sessions.get_mut(o)).and_then(|s| s.as_mut()) {
+            s.out.extend_from_slice(msg);
+        }
+        format!("the server ended it: {} {} {}", f.severity, f.code, f.message)
     }
 
     /// A reported setting changed in a session's own statement: remember it for that session and the upstream.
@@ -1143,7 +1192,29 @@ impl Worker {
                     self.settings_read_back(session_id, rows);
                 }
             }
-            Some(Job::Rollback) | Some(Job::Reset) | Some(Job::Sync) | Some(Job::Cleanup) => {
+            Some(Job::Connect) | Some(Job::Check) if error.is_some() => {
+                let message = error
+                    .as_ref()
+                    .and_then(|e| be::parse_error_fields(e.get(frame::HEADER_LEN..).unwrap_or_default()).ok())
+                    .map(|f| f.message)
+                    .unwrap_or_default();
+                let what = if matches!(job, Some(Job::Connect)) { "connect_query" } else { "server_check_query" };
+                self.drop_upstream(&format!("{what} failed: {message}"));
+            }
+            Some(Job::Connect) | Some(Job::Check) => {}
+            Some(Job::Reset) => {
+                if let Some(err) = error {
+                    let fields = be::parse_error_fields(err.get(frame::HEADER_LEN..).unwrap_or_default());
+                    warn!("server_reset_query failed: {}", fields.map(|f| f.message).unwrap_or_default());
+                }
+                // DISCARD ALL (the usual reset) drops prepared statements, settings and LISTENs upstream.
+                self.upstream_deallocated(true);
+                if let Some(up) = self.upstream.as_mut() {
+                    up.listening.clear();
+                }
+                self.listen_sync = true;
+            }
+            Some(Job::Rollback) | Some(Job::Sync) | Some(Job::Cleanup) => {
                 if let Some(err) = error {
                     let fields = be::parse_error_fields(err.get(frame::HEADER_LEN..).unwrap_or_default());
                     warn!("clean-up query failed: {}", fields.map(|f| f.message).unwrap_or_default());
@@ -1185,6 +1256,7 @@ impl Worker {
                     if drained && !s.hup {
                         s.readable = false;
                     }
+                    self.request_at = Instant::now();
                     if !self.forward_client_input(idx) {
                         return true;
                     }
@@ -1389,6 +1461,14 @@ impl Worker {
             self.watch.push(idx);
         }
         self.owner = None;
+        self.upstream_idle_since = Instant::now();
+        if self.timeouts.reset_always && self.pool_mode != PoolMode::Session {
+            // server_reset_query_always: every transaction ends with the reset query, as in PgBouncer.
+            self.needs_reset = true;
+        }
+        if let Some(s) = self.session(idx) {
+            s.idle_since = Instant::now();
+        }
         // The client has (or is being sent) its whole reply: say at once that it is idle again, so a crash from
         // here on does not cost it its connection.
         self.publish();
@@ -1476,6 +1556,17 @@ impl Worker {
             if self.shutting_down || self.stats.paused {
                 return progress;
             }
+            if self.queue.is_empty() {
+                return progress;
+            }
+            if let Some(check) = self.timeouts.server_check.clone() {
+                if self.upstream_idle_since.elapsed() >= self.timeouts.server_check_delay {
+                    // Not used for a while: make sure it still works before a session relies on it.
+                    self.upstream_idle_since = Instant::now();
+                    self.send_job_query(&check, Job::Check);
+                    return true;
+                }
+            }
             let Some(idx) = self.queue.pop_front() else { return progress };
             let Some(s) = self.session(idx) else { continue };
             if !s.queued {
@@ -1493,6 +1584,7 @@ impl Worker {
         self.turn_started = self.owner_active_at;
         // Not exposed yet: pgmux may first apply its settings; `read_owner` publishes it before reading.
         self.owner_exposed = false;
+        self.upstream_idle_since = self.owner_active_at;
         self.turn += 1;
         if let Some(queued_at) = self.sessions.get(idx).and_then(|s| s.as_ref()).map(|s| s.queued_at) {
             self.stats.turn_began(queued_at);
@@ -1738,9 +1830,8 @@ impl Worker {
     /// idle_transaction_timeout for the owner, query_wait_timeout for sessions waiting for the upstream.
     fn enforce_timeouts(&mut self) {
         let now = Instant::now();
-        let pooler = &self.ctx.config.pooler;
-        let idle_limit = pooler.idle_transaction_timeout;
-        let wait_limit = self.pool_settings().and_then(|p| p.query_wait_timeout);
+        let (idle_limit, wait_limit) = (self.timeouts.idle_transaction, self.timeouts.query_wait);
+        self.enforce_request_timeouts(now);
         if let (Some(limit), Some(idx), Some(up)) = (idle_limit, self.owner, self.upstream.as_ref()) {
             let idle_in_txn = up.txn_status != b'I' && self.replies.is_empty() && self.jobs.is_empty();
             if idle_in_txn && now.duration_since(self.owner_active_at) > limit {
@@ -1788,9 +1879,86 @@ impl Worker {
         }
     }
 
-    /// This pool's settings in the current configuration (a console SET may have changed them).
-    fn pool_settings(&self) -> Option<pgmux_config::PoolSettings> {
-        self.ctx.config.pool_settings(&self.ctx.database, &self.ctx.user, self.ctx.dedicated)
+    /// query_timeout and transaction_timeout for the owner, client_idle_timeout for sessions between transactions.
+    fn enforce_request_timeouts(&mut self, now: Instant) {
+        if let (Some(idx), Some(up)) = (self.owner, self.upstream.as_ref()) {
+            let running = !self.replies.is_empty();
+            let query_late = self.timeouts.query.is_some_and(|l| running && now.duration_since(self.request_at) > l);
+            let txn_late = self
+                .timeouts
+                .transaction
+                .is_some_and(|l| up.txn_status != b'I' && self.txn_started.is_some_and(|t| now.duration_since(t) > l));
+            if query_late || txn_late {
+                let (reason, message) = if query_late {
+                    ("query timeout", "canceling statement due to query timeout (query_timeout)")
+                } else {
+                    ("transaction timeout", "terminating connection due to transaction timeout (transaction_timeout)")
+                };
+                if let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) {
+                    warn!("{} closing because: {reason}", s.label);
+                }
+                // Closing the owner cancels what still runs and rolls its transaction back before reuse.
+                self.close_session(idx, reason, Some(("57014", message)));
+            }
+        }
+        if let Some(limit) = self.timeouts.client_idle {
+            let idle: Vec<usize> = (0..self.sessions.len())
+                .filter(|&i| {
+                    self.owner != Some(i)
+                        && self.sessions.get(i).and_then(|s| s.as_ref()).is_some_and(|s| {
+                            !s.queued && s.pending_out() == 0 && now.duration_since(s.idle_since) > limit
+                        })
+                })
+                .collect();
+            for idx in idle {
+                self.close_session(idx, "client_idle_timeout", Some(("08P01", "client_idle_timeout")));
+            }
+        }
+    }
+
+    /// The configuration changed (the console's SET): resolve this pool's timeouts again.
+    fn refresh_timeouts(&mut self) {
+        let config = self.ctx.config.clone();
+        if let Some(db) = config.database(&self.ctx.database) {
+            self.timeouts = limits::Timeouts::resolve(&config, db, &self.ctx.user);
+        }
+    }
+
+    /// server_idle_timeout: an upstream nobody used for that long is closed; the sessions stay, and the next one to
+    /// need it reconnects. Kept while a session listens (notifications arrive on it) or the upstream holds state.
+    fn close_idle_upstream(&mut self) {
+        let Some(limit) = self.timeouts.server_idle else { return };
+        let Some(up) = self.upstream.as_ref() else { return };
+        // As PgBouncer, not below the pool's min_pool_size: this worker and its (non-draining) siblings count.
+        let min = self.ctx.config.pool_settings(&self.ctx.database, &self.ctx.user, self.ctx.dedicated);
+        if min.is_some_and(|m| self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot).1 < m.min_pool_size as usize)
+        {
+            return;
+        }
+        let idle = self.owner.is_none()
+            && self.queue.is_empty()
+            && self.replies.is_empty()
+            && self.jobs.is_empty()
+            && up.txn_status == b'I'
+            && up.listening.is_empty()
+            && !self.listen_sync
+            && !self.needs_unpin;
+        if !idle || self.upstream_idle_since.elapsed() <= limit {
+            return;
+        }
+        if let Some(mut up) = self.upstream.take() {
+            info!(
+                "{} closing because: server idle timeout (age={}s)",
+                self.server_label(),
+                up.connected_at.elapsed().as_secs()
+            );
+            let _ = self.poll.registry().deregister(&mut SourceFd(&up.conn.raw_fd()));
+            let mut out = Vec::new();
+            fe::terminate(&mut out);
+            let _ = up.conn.write(&out);
+            up.outbuf.clear();
+        }
+        self.send_supervisor(Msg::WorkerStatus { upstream_up: false, sessions: self.by_id.len() as u32 });
     }
 
     fn janitor(&mut self) {
@@ -1800,8 +1968,8 @@ impl Worker {
             return;
         }
         self.enforce_timeouts();
-        let lifetime = self.pool_settings().and_then(|p| p.server_lifetime);
-        if let (Some(limit), Some(up)) = (lifetime, self.upstream.as_ref()) {
+        self.close_idle_upstream();
+        if let (Some(limit), Some(up)) = (self.timeouts.server_lifetime, self.upstream.as_ref()) {
             if up.connected_at.elapsed() > limit {
                 self.begin_drain("server_lifetime reached");
             }
@@ -1827,6 +1995,14 @@ impl Worker {
             self.flush_outbox();
             self.stop = true;
         }
+    }
+}
+
+/// application_name_add_host: "app - 10.0.0.5:51234", as PgBouncer writes it.
+fn add_host_to_application_name(params: &mut Vec<(String, String)>, client_addr: &str) {
+    match params.iter_mut().find(|(n, _)| n == "application_name") {
+        Some((_, v)) => *v = format!("{v} - {client_addr}"),
+        None => params.push(("application_name".into(), format!(" - {client_addr}"))),
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Session {
     pub arrived: std::time::Instant,
     /// When it last joined the wait queue.
     pub queued_at: std::time::Instant,
+    /// When its last turn ended (or it arrived): client_idle_timeout.
+    pub idle_since: std::time::Instant,
     /// Bumped by every change to what its record carries (settings, prepared statements, channels).
     pub state_epoch: u64,
     /// The epoch the supervisor last heard of (`Msg::SessionState`).
@@ -111,6 +113,7 @@ impl Session {
             label,
             arrived: std::time::Instant::now(),
             queued_at: std::time::Instant::now(),
+            idle_since: std::time::Instant::now(),
             state_epoch: 1,
             reported_epoch: 0,
             report_after_turn: false,

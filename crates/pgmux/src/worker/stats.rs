@@ -6,14 +6,15 @@
 //! that leaves the upstream idle (so an autocommit statement is one transaction), query and transaction times run
 //! from the first byte sent upstream to that ReadyForQuery, and wait time runs from a session's request until its
 //! turn begins. The counters only grow; the supervisor keeps a dead worker's last numbers in its pool's totals, and
-//! a worker that exits on purpose sends its final numbers unasked (`seq` 0).
+//! a worker that exits on purpose sends its final numbers unasked (`seq` 0). Each query time and each wait is also
+//! counted in a latency histogram (the Prometheus endpoint's), at the moment it is added to its total.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use pgmux_ipc::stats::{
-    Counters, ServerState, SessionReport, SessionState, UpstreamReport, WorkerReport, PIN_IN_TRANSACTION,
+    Counters, Latency, ServerState, SessionReport, SessionState, UpstreamReport, WorkerReport, PIN_IN_TRANSACTION,
 };
 use pgmux_ipc::{wire, Msg};
 
@@ -23,6 +24,7 @@ use super::Worker;
 #[derive(Debug, Default)]
 pub struct Stats {
     pub counters: Counters,
+    pub latency: Latency,
     /// When the query now running upstream for a session was sent (cleared at its ReadyForQuery).
     query_start: Option<Instant>,
     /// When the transaction now open for a session began.
@@ -39,8 +41,10 @@ impl Stats {
     /// A session's turn begins after it waited since `queued_at`.
     pub fn turn_began(&mut self, queued_at: Instant) {
         let now = Instant::now();
+        let waited = micros(now.saturating_duration_since(queued_at));
         self.counters.server_assignment_count += 1;
-        self.counters.wait_time_us += micros(now.saturating_duration_since(queued_at));
+        self.counters.wait_time_us += waited;
+        self.latency.wait.observe(waited);
         self.last_turn = Some(now);
     }
 
@@ -75,7 +79,9 @@ impl Stats {
         let now = Instant::now();
         self.counters.query_count += 1;
         if let Some(t) = self.query_start.take() {
-            self.counters.query_time_us += micros(now.saturating_duration_since(t));
+            let took = micros(now.saturating_duration_since(t));
+            self.counters.query_time_us += took;
+            self.latency.query.observe(took);
         }
         if status == b'I' {
             self.counters.xact_count += 1;
@@ -130,7 +136,10 @@ impl Worker {
             }
             Msg::KillSessions => self.kill_all(),
             Msg::SetConfig { key, value } => match self.ctx.config.with_setting(key, value) {
-                Ok(c) => self.ctx.config = Arc::new(c),
+                Ok(c) => {
+                    self.ctx.config = Arc::new(c);
+                    self.refresh_timeouts();
+                }
                 Err(e) => warn!("SET {key}: {e:?}"),
             },
             _ => return false,
@@ -246,6 +255,7 @@ impl Worker {
             released: self.owner.is_none() && !cleaning && self.upstream.is_none(),
             close_needed: self.stats.reconnect || self.draining,
             sessions,
+            latency: self.stats.latency,
         }
     }
 }
@@ -287,6 +297,12 @@ mod tests {
         assert_eq!(c.server_assignment_count, 1);
         assert!(c.wait_time_us >= 5_000, "{c:?}");
         assert!(c.xact_time_us >= c.query_time_us.min(1));
+        // Every query with a start and every turn lands in a histogram, with the same time as its total.
+        assert_eq!(s.latency.query.count(), 4);
+        assert_eq!(s.latency.query.sum_us, c.query_time_us);
+        assert_eq!(s.latency.wait.count(), 1);
+        assert_eq!(s.latency.wait.sum_us, c.wait_time_us);
+        assert_eq!(s.latency.wait.buckets[0], 0, "a 5 ms wait is not under 0.5 ms");
     }
 
     #[test]
