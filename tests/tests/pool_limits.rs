@@ -284,17 +284,23 @@ fn client_limits_refuse_logins() {
 // min_pool_size
 // ---------------------------------------------------------------------------------------------------------------
 
-/// min_pool_size 2 (per database): nothing before the first client, two backends after it, two again after a
-/// worker is SIGKILLed (the idle client keeps working).
+/// min_pool_size 2 (per database): nothing before the first client, two backends after it, kept although
+/// server_idle_timeout passes (as PgBouncer), two again after a worker is SIGKILLed (the idle client keeps working).
 #[test]
 fn min_pool_size_fills_after_first_use_and_after_a_crash() {
     let db = "lim_min";
-    let pgmux = Pgmux::start(config(&[db]).database(db, &[("dbname", "\"lim_min\""), ("min_pool_size", "2")]));
+    let pgmux = Pgmux::start(
+        config(&[db])
+            .set("server_idle_timeout", "1")
+            .database(db, &[("dbname", "\"lim_min\""), ("min_pool_size", "2")]),
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(count(&[db], None), 0, "no pool is filled before it is used");
     let mut c = pgmux.client(db, "alice");
     c.batch_execute("SELECT 1").unwrap();
     wait_until(Duration::from_secs(10), "min_pool_size backends", || count(&[db], None) == 2);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(count(&[db], None), 2, "server_idle_timeout closed connections min_pool_size keeps");
     let workers = pgmux.children("pgmux-worker");
     assert_eq!(workers.len(), 2, "{workers:?}");
     let before = backend_pid(&mut c);
