@@ -15,9 +15,11 @@ use crate::walk::Section;
 /// The database name PgBouncer keeps for its admin console.
 const RESERVED: &str = "pgbouncer";
 
-/// One `[databases]` entry, every fallback resolved.
+/// One `[databases]` entry, every fallback resolved (how they combine with `[users]` for a pool:
+/// [`crate::Config::pool_settings`]).
 ///
-/// The fields after `pool_mode` are parsed with PgBouncer's meaning but not acted on yet (see [`crate::keys`]).
+/// The fields after `query_wait_timeout` are parsed with PgBouncer's meaning but not acted on yet (see
+/// [`crate::keys`]).
 #[derive(Debug, Clone)]
 pub struct Database {
     /// The name clients connect to; `*` for the fallback entry.
@@ -41,15 +43,16 @@ pub struct Database {
     /// The database entry the lookup connects to; None = this one.
     pub auth_dbname: Option<String>,
 
-    // ----- parsed, not acted on yet -----
     pub min_pool_size: u32,
     pub reserve_pool_size: u32,
-    /// 0 = unlimited.
+    /// 0 = unlimited. As in PgBouncer, 0 here means `[pooler]`'s value.
     pub max_db_connections: u32,
-    /// 0 = unlimited.
+    /// 0 = unlimited. As in PgBouncer, 0 here means `[pooler]`'s value.
     pub max_db_client_connections: u32,
+    /// `[pooler]`'s unless set here (a value that differs from it overrides it; the console's SET follows).
     pub server_lifetime: Option<Duration>,
     pub query_wait_timeout: Option<Duration>,
+
     /// Startup parameters to ask the server for.
     pub client_encoding: Option<String>,
     pub datestyle: Option<String>,
@@ -60,18 +63,17 @@ pub struct Database {
 }
 
 /// One `[users]` entry. Pool settings stay optional: whether they win over the database's is decided per pool
-/// (PgBouncer: user, then database, then `[pgbouncer]`); limits and timeouts are resolved from `[pgbouncer]`.
-///
-/// None of it is acted on yet (see [`crate::keys`]).
+/// (PgBouncer: user, then database, then `[pgbouncer]`, see [`crate::Config::pool_settings`]); limits and the
+/// other timeouts are resolved from `[pgbouncer]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
     pub name: String,
     pub pool_mode: Option<PoolMode>,
     pub pool_size: Option<u32>,
     pub reserve_pool_size: Option<u32>,
-    /// 0 = unlimited.
+    /// 0 = unlimited. As in PgBouncer, 0 here means `[pooler]`'s value.
     pub max_user_connections: u32,
-    /// 0 = unlimited.
+    /// 0 = unlimited. As in PgBouncer, 0 here means `[pooler]`'s value.
     pub max_user_client_connections: u32,
     pub query_timeout: Option<Duration>,
     pub query_wait_timeout: Option<Duration>,
@@ -129,8 +131,11 @@ pub(crate) fn parse_database(s: &Section<'_>, name: &str, pooler: &Pooler) -> Re
         pool_mode: pool_mode(s)?.unwrap_or(pooler.pool_mode),
         min_pool_size: size("min_pool_size")?.unwrap_or(pooler.min_pool_size),
         reserve_pool_size: reserve_pool_size.unwrap_or(pooler.reserve_pool_size),
-        max_db_connections: count("max_db_connections")?.unwrap_or(pooler.max_db_connections),
-        max_db_client_connections: count("max_db_client_connections")?.unwrap_or(pooler.max_db_client_connections),
+        // PgBouncer takes `<= 0` here as "use [pgbouncer]'s".
+        max_db_connections: count("max_db_connections")?.filter(|n| *n > 0).unwrap_or(pooler.max_db_connections),
+        max_db_client_connections: count("max_db_client_connections")?
+            .filter(|n| *n > 0)
+            .unwrap_or(pooler.max_db_client_connections),
         server_lifetime: s.timeout("server_lifetime")?.unwrap_or(pooler.server_lifetime),
         query_wait_timeout: s.timeout("query_wait_timeout")?.unwrap_or(pooler.query_wait_timeout),
         client_encoding: text("client_encoding")?,
@@ -158,8 +163,10 @@ pub(crate) fn parse_user(s: &Section<'_>, name: &str, pooler: &Pooler) -> Result
         pool_mode: pool_mode(s)?,
         pool_size: size("pool_size")?.filter(|n| *n > 0),
         reserve_pool_size: size("reserve_pool_size")?,
-        max_user_connections: count("max_user_connections")?.unwrap_or(pooler.max_user_connections),
+        // PgBouncer takes `<= 0` here as "use [pgbouncer]'s".
+        max_user_connections: count("max_user_connections")?.filter(|n| *n > 0).unwrap_or(pooler.max_user_connections),
         max_user_client_connections: count("max_user_client_connections")?
+            .filter(|n| *n > 0)
             .unwrap_or(pooler.max_user_client_connections),
         query_timeout: s.timeout("query_timeout")?.unwrap_or(pooler.query_timeout),
         query_wait_timeout: s.timeout("query_wait_timeout")?.unwrap_or(pooler.query_wait_timeout),

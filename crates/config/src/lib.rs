@@ -15,10 +15,12 @@ pub mod hba;
 mod ini;
 mod keys;
 pub mod pooler;
+mod pools;
 pub mod settings;
 pub mod userlist;
 mod walk;
 
 pub use hba::Hba;
 pub use pooler::{AuthType, Config, ConfigError, Database, Format, PoolMode, Pooler, User, Warning};
+pub use pools::PoolSettings;
 pub use userlist::{Secret, UserList};

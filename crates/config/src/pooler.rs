@@ -164,9 +164,7 @@ pub struct Pooler {
     pub user: Option<String>,
     /// Log verbosity, as many `-v` (the larger of this and the command line's count applies).
     pub verbose: u8,
-
-    // ----- parsed, not acted on yet -----
-    /// Keep at least this many server connections per pool.
+    /// Keep at least this many server connections per pool (capped at the pool's size).
     pub min_pool_size: u32,
     /// Extra connections a pool may open when a client waited `reserve_pool_timeout`.
     pub reserve_pool_size: u32,
@@ -180,6 +178,12 @@ pub struct Pooler {
     pub max_user_connections: u32,
     /// Client connections per user; 0 = unlimited.
     pub max_user_client_connections: u32,
+    /// pgmux's own: every session of these databases gets a server connection of its own, outside every limit.
+    pub dedicated_databases: Vec<String>,
+    /// pgmux's own: every session of these (client) users gets a server connection of its own.
+    pub dedicated_users: Vec<String>,
+
+    // ----- parsed, not acted on yet -----
     /// Close a server connection idle this long; None = never.
     pub server_idle_timeout: Option<Duration>,
     /// Cancel a query running this long; None = never.
@@ -256,6 +260,8 @@ impl Default for Pooler {
             max_db_client_connections: 0,
             max_user_connections: 0,
             max_user_client_connections: 0,
+            dedicated_databases: Vec::new(),
+            dedicated_users: Vec::new(),
             server_idle_timeout: Some(Duration::from_secs(600)),
             query_timeout: None,
             client_idle_timeout: None,
@@ -613,6 +619,7 @@ pub(crate) fn apply_pooler(s: &Section<'_>, p: &mut Pooler) -> Result<(), Config
     if let Some(n) = s.int("verbose", 0, 9)? {
         p.verbose = n as u8;
     }
+    apply_limits(s, p)?;
     if let Some(v) = s.string("metrics_listen")? {
         p.metrics_listen = match v.trim() {
             "" => None,
@@ -648,8 +655,9 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The keys pgmux parses with PgBouncer's meaning but does not act on yet.
-fn parse_stored(s: &Section<'_>, p: &mut Pooler) -> Result<(), ConfigError> {
+/// Pool sizes, connection limits and the dedicated lists (see `crate::pools` for how they combine with the
+/// `[databases]` and `[users]` entries).
+fn apply_limits(s: &Section<'_>, p: &mut Pooler) -> Result<(), ConfigError> {
     let size = |name: &str| -> Result<Option<u32>, ConfigError> {
         Ok(s.int(name, 0, MAX_POOL_SIZE.into())?.map(|n| n as u32))
     };
@@ -674,6 +682,18 @@ fn parse_stored(s: &Section<'_>, p: &mut Pooler) -> Result<(), ConfigError> {
             *field = n;
         }
     }
+    for (name, field) in
+        [("dedicated_databases", &mut p.dedicated_databases), ("dedicated_users", &mut p.dedicated_users)]
+    {
+        if let Some(list) = s.name_list(name)? {
+            *field = list;
+        }
+    }
+    Ok(())
+}
+
+/// The keys pgmux parses with PgBouncer's meaning but does not act on yet.
+fn parse_stored(s: &Section<'_>, p: &mut Pooler) -> Result<(), ConfigError> {
     for (name, field) in [
         ("server_idle_timeout", &mut p.server_idle_timeout),
         ("query_timeout", &mut p.query_timeout),

@@ -109,6 +109,15 @@ fn rendered(p: &Pooler) -> Vec<(&'static str, String)> {
         ("stats_users", p.stats_users.join(",")),
         ("stats_period", secs(p.stats_period)),
         ("metrics_listen", p.metrics_listen.clone().unwrap_or_default()),
+        ("min_pool_size", p.min_pool_size.to_string()),
+        ("reserve_pool_size", p.reserve_pool_size.to_string()),
+        ("reserve_pool_timeout", opt_secs(p.reserve_pool_timeout)),
+        ("max_db_connections", p.max_db_connections.to_string()),
+        ("max_db_client_connections", p.max_db_client_connections.to_string()),
+        ("max_user_connections", p.max_user_connections.to_string()),
+        ("max_user_client_connections", p.max_user_client_connections.to_string()),
+        ("dedicated_databases", p.dedicated_databases.join(",")),
+        ("dedicated_users", p.dedicated_users.join(",")),
     ]
 }
 

@@ -215,6 +215,8 @@ pub struct Snapshot {
     pub clients: Vec<ClientInfo>,
     /// Users of the auth_file, plus pool users not in it.
     pub users: Vec<String>,
+    /// The `[users]` settings and limits of each of `users`, in the same order.
+    pub user_limits: Vec<UserInfo>,
     /// SHOW CONFIG rows: key, value, default, changeable.
     pub settings: Vec<(String, String, String, bool)>,
     /// Workers alive (each holds at most one upstream).
@@ -282,6 +284,23 @@ pub struct DatabaseInfo {
     pub server_lifetime_s: u64,
     pub paused: bool,
     pub disabled: bool,
+    pub min_pool_size: u32,
+    pub reserve_pool_size: u32,
+    /// `max_db_connections`, `max_db_client_connections`: 0 = unlimited.
+    pub max_connections: u32,
+    pub max_client_connections: u32,
+}
+
+/// What SHOW USERS shows of a user's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    /// The user's own `pool_size`, `reserve_pool_size` and pool mode (None: not set in `[users]`).
+    pub pool_size: Option<u32>,
+    pub reserve_pool_size: Option<u32>,
+    pub pool_mode: Option<u8>,
+    /// `max_user_connections`, `max_user_client_connections` in effect: 0 = unlimited.
+    pub max_connections: u32,
+    pub max_client_connections: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -325,6 +344,17 @@ pub struct ClientInfo {
     pub application_name: String,
 }
 
+fn put_opt_u32(out: &mut Vec<u8>, v: Option<u32>) {
+    put_bool(out, v.is_some());
+    if let Some(v) = v {
+        put_u32(out, v);
+    }
+}
+
+fn opt_u32(f: &mut Fields<'_>, field: &'static str) -> Result<Option<u32>, WireError> {
+    Ok(if f.bool(field)? { Some(f.u32(field)?) } else { None })
+}
+
 impl Snapshot {
     fn encode(&self, out: &mut Vec<u8>) {
         put_u64(out, self.now_us);
@@ -341,6 +371,10 @@ impl Snapshot {
             put_u64(out, d.server_lifetime_s);
             put_bool(out, d.paused);
             put_bool(out, d.disabled);
+            put_u32(out, d.min_pool_size);
+            put_u32(out, d.reserve_pool_size);
+            put_u32(out, d.max_connections);
+            put_u32(out, d.max_client_connections);
         });
         put_list(out, &self.pools, |out, p| {
             put_str(out, &p.database);
@@ -382,6 +416,19 @@ impl Snapshot {
             put_str(out, &c.application_name);
         });
         put_list(out, &self.users, |out, u| put_str(out, u));
+        put_list(out, &self.user_limits, |out, u| {
+            put_opt_u32(out, u.pool_size);
+            put_opt_u32(out, u.reserve_pool_size);
+            match u.pool_mode {
+                Some(m) => {
+                    put_bool(out, true);
+                    put_u8(out, m);
+                }
+                None => put_bool(out, false),
+            }
+            put_u32(out, u.max_connections);
+            put_u32(out, u.max_client_connections);
+        });
         put_list(out, &self.settings, |out, (k, v, d, c)| {
             put_str(out, k);
             put_str(out, v);
@@ -396,7 +443,7 @@ impl Snapshot {
         let now_us = f.u64("now")?;
         let pause_state = f.u8("pause_state")?;
         let listen_port = f.u32("listen_port")?;
-        let databases = f.list("databases", 4 * 4 + 1 + 4 + 1 + 8 + 2, |f| {
+        let databases = f.list("databases", 4 * 4 + 1 + 4 + 1 + 8 + 2 + 4 * 4, |f| {
             Ok(DatabaseInfo {
                 name: f.string("db name")?,
                 host: f.string("db host")?,
@@ -408,6 +455,10 @@ impl Snapshot {
                 server_lifetime_s: f.u64("server_lifetime")?,
                 paused: f.bool("paused")?,
                 disabled: f.bool("disabled")?,
+                min_pool_size: f.u32("min_pool_size")?,
+                reserve_pool_size: f.u32("reserve_pool_size")?,
+                max_connections: f.u32("max_connections")?,
+                max_client_connections: f.u32("max_client_connections")?,
             })
         })?;
         let pools = f.list("pools", 4 + 4 + 1 + 4 + 4 + 4 + 88 + 88 + 8 + Latency::LEN, |f| {
@@ -444,12 +495,36 @@ impl Snapshot {
             })
         })?;
         let users = f.list("users", 4, |f| f.string("user"))?;
+        let user_limits = f.list("user_limits", 3 + 8, |f| {
+            let pool_size = opt_u32(f, "user pool_size")?;
+            let reserve_pool_size = opt_u32(f, "user reserve_pool_size")?;
+            let pool_mode = if f.bool("user pool_mode set")? { Some(f.u8("user pool_mode")?) } else { None };
+            Ok(UserInfo {
+                pool_size,
+                reserve_pool_size,
+                pool_mode,
+                max_connections: f.u32("max_user_connections")?,
+                max_client_connections: f.u32("max_user_client_connections")?,
+            })
+        })?;
         let settings = f.list("settings", 13, |f| {
             Ok((f.string("key")?, f.string("value")?, f.string("default")?, f.bool("changeable")?))
         })?;
         let workers = f.u32("workers")?;
         let process = ProcessInfo::decode(f)?;
-        Ok(Snapshot { now_us, pause_state, listen_port, databases, pools, clients, users, settings, workers, process })
+        Ok(Snapshot {
+            now_us,
+            pause_state,
+            listen_port,
+            databases,
+            pools,
+            clients,
+            users,
+            user_limits,
+            settings,
+            workers,
+            process,
+        })
     }
 }
 
@@ -473,6 +548,10 @@ mod tests {
                 server_lifetime_s: 3600,
                 paused: true,
                 disabled: false,
+                min_pool_size: 1,
+                reserve_pool_size: 2,
+                max_connections: 3,
+                max_client_connections: 4,
             }],
             pools: vec![PoolInfo {
                 database: "appdb".into(),
@@ -501,6 +580,16 @@ mod tests {
                 application_name: "psql".into(),
             }],
             users: vec!["alice".into(), "bob".into()],
+            user_limits: vec![
+                UserInfo {
+                    pool_size: Some(5),
+                    reserve_pool_size: None,
+                    pool_mode: Some(MODE_STATEMENT),
+                    max_connections: 6,
+                    max_client_connections: 0,
+                },
+                UserInfo::default(),
+            ],
             settings: vec![("listen_port".into(), "6432".into(), "6432".into(), false)],
             workers: 2,
             process: ProcessInfo {

@@ -64,6 +64,9 @@ pub struct SessionRecord {
     /// When the session left its previous worker (CLOCK_MONOTONIC nanoseconds, shared by all processes); 0 if it
     /// never moved. Lets the receiving worker measure what a move cost.
     pub moved_at_ns: u64,
+    /// Since when the session has been waiting for a server connection (CLOCK_MONOTONIC nanoseconds), kept across
+    /// moves so `query_wait_timeout` and the reserve pool count the whole wait; 0 if it is not waiting.
+    pub waiting_since_ns: u64,
     /// The client's SCRAM ClientKey when it logged in with SCRAM-SHA-256 against a stored secret (32 bytes), else
     /// empty: lets the worker log in upstream as the user without the password.
     pub scram_client_key: Vec<u8>,
@@ -271,6 +274,7 @@ impl SessionRecord {
             put_bytes(out, l.as_bytes());
         }
         out.extend_from_slice(&self.moved_at_ns.to_be_bytes());
+        out.extend_from_slice(&self.waiting_since_ns.to_be_bytes());
         put_bytes(out, &self.scram_client_key);
         put_bytes(out, self.auth_secret.as_bytes());
     }
@@ -337,6 +341,7 @@ impl SessionRecord {
             listens.push(r.string("listens")?);
         }
         let moved_at_ns = r.u64("moved_at_ns")?;
+        let waiting_since_ns = r.u64("waiting_since_ns")?;
         let scram_client_key = r.bytes("scram_client_key", 32)?.to_vec();
         let auth_secret = r.string("auth_secret")?;
         Ok(SessionRecord {
@@ -355,6 +360,7 @@ impl SessionRecord {
             sql_prepared,
             listens,
             moved_at_ns,
+            waiting_since_ns,
             scram_client_key,
             auth_secret,
         })
@@ -385,6 +391,7 @@ pub(crate) mod tests {
             sql_prepared: vec![("p".into(), "pgmuxq_1_1".into(), " AS SELECT 1".into())],
             listens: vec!["jobs".into()],
             moved_at_ns: 123_456_789,
+            waiting_since_ns: 123_000_000,
             scram_client_key: vec![9; 32],
             auth_secret: "md5d0763edaa9d9bd2a9516280e9044d885".into(),
         }

@@ -55,7 +55,7 @@ impl State {
 }
 
 /// Exposed sessions a slot can list; with more, the slot says "overflow" and all are treated as exposed.
-pub const EXPOSED_MAX: usize = 12;
+pub const EXPOSED_MAX: usize = 10;
 const OVERFLOW: u32 = u32::MAX;
 
 /// One worker's entry. 128 bytes (two cache lines of its own), so two workers never write the same cache line.
@@ -73,8 +73,14 @@ pub struct Slot {
     sessions: AtomicU32,
     /// How many of `exposed` are valid, or OVERFLOW.
     exposed_count: AtomicU32,
+    /// How many more workers the pool may start now (pool size and shared limits). Written by the supervisor each
+    /// tick; a worker moves sessions waiting behind a long turn only to idle siblings or into that room.
+    room: AtomicU32,
     /// Session id of the upstream's owner; 0 = none.
     owner: AtomicU64,
+    /// Since when the first session of the queue has been waiting (CLOCK_MONOTONIC ns); 0 = nobody waits. The
+    /// supervisor opens the reserve pool when this is older than `reserve_pool_timeout`.
+    waiting_since: AtomicU64,
     exposed: [AtomicU64; EXPOSED_MAX],
 }
 
@@ -87,6 +93,7 @@ pub struct Status {
     pub queued: u32,
     pub sessions: u32,
     pub owner: u64,
+    pub waiting_since_ns: u64,
 }
 
 /// The mapping. Each process has its own `Board` value over the same shared pages; it unmaps on drop.
@@ -133,10 +140,24 @@ impl Board {
             s.queued.store(0, Ordering::Relaxed);
             s.sessions.store(0, Ordering::Relaxed);
             s.owner.store(0, Ordering::Relaxed);
+            s.waiting_since.store(0, Ordering::Relaxed);
+            s.room.store(0, Ordering::Relaxed);
             s.exposed_count.store(0, Ordering::Relaxed);
             s.pid.store(pid, Ordering::Relaxed);
             s.pool.store(u32::try_from(pool + 1).unwrap_or(0), Ordering::Relaxed);
         }
+    }
+
+    /// Supervisor: the worker in `slot` may count on `room` more workers for its pool.
+    pub fn set_room(&self, slot: usize, room: u32) {
+        if let Some(s) = self.slots().get(slot) {
+            s.room.store(room, Ordering::Relaxed);
+        }
+    }
+
+    /// Worker: how many more workers its pool may start, as the supervisor last wrote.
+    pub fn room(&self, slot: usize) -> u32 {
+        self.slots().get(slot).map_or(0, |s| s.room.load(Ordering::Relaxed))
     }
 
     /// Supervisor: child slot `slot` no longer holds a worker.
@@ -148,11 +169,23 @@ impl Board {
         }
     }
 
-    /// Worker: publish its own status. `exposed` lists the sessions other than `owner` that are exposed.
-    pub fn publish(&self, slot: usize, state: State, queued: usize, sessions: usize, owner: u64, exposed: &[u64]) {
+    /// Worker: publish its own status. `exposed` lists the sessions other than `owner` that are exposed;
+    /// `waiting_since_ns` is when the first queued session began waiting (0: none waits).
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish(
+        &self,
+        slot: usize,
+        state: State,
+        queued: usize,
+        sessions: usize,
+        owner: u64,
+        waiting_since_ns: u64,
+        exposed: &[u64],
+    ) {
         if let Some(s) = self.slots().get(slot) {
             s.state.store(state.code(), Ordering::Relaxed);
             s.queued.store(u32::try_from(queued).unwrap_or(u32::MAX), Ordering::Relaxed);
+            s.waiting_since.store(waiting_since_ns, Ordering::Relaxed);
             s.sessions.store(u32::try_from(sessions).unwrap_or(u32::MAX), Ordering::Relaxed);
             s.owner.store(owner, Ordering::Relaxed);
             if exposed.len() > EXPOSED_MAX {
@@ -198,6 +231,7 @@ impl Board {
             queued: s.queued.load(Ordering::Relaxed),
             sessions: s.sessions.load(Ordering::Relaxed),
             owner: s.owner.load(Ordering::Relaxed),
+            waiting_since_ns: s.waiting_since.load(Ordering::Relaxed),
         })
     }
 
@@ -247,14 +281,14 @@ mod tests {
         assert_eq!(b.exposed(2), None, "no worker there: unknown");
         b.claim(2, 0, 10);
         assert_eq!(b.exposed(2), Some(vec![]));
-        b.publish(2, State::Busy, 0, 5, 7, &[3, 4]);
+        b.publish(2, State::Busy, 0, 5, 7, 0, &[3, 4]);
         assert_eq!(b.exposed(2), Some(vec![3, 4, 7]));
-        b.publish(2, State::Idle, 0, 5, 0, &[]);
+        b.publish(2, State::Idle, 0, 5, 0, 0, &[]);
         assert_eq!(b.exposed(2), Some(vec![]));
         let many: Vec<u64> = (1..=EXPOSED_MAX as u64 + 1).collect();
-        b.publish(2, State::Busy, 0, 20, 99, &many);
+        b.publish(2, State::Busy, 0, 20, 99, 0, &many);
         assert_eq!(b.exposed(2), None, "overflow: all exposed");
-        b.publish(2, State::Busy, 0, 20, 99, &many[..EXPOSED_MAX]);
+        b.publish(2, State::Busy, 0, 20, 99, 0, &many[..EXPOSED_MAX]);
         assert_eq!(b.exposed(2).map(|v| v.len()), Some(EXPOSED_MAX + 1));
     }
 
@@ -266,19 +300,23 @@ mod tests {
         b.claim(4, 0, 101);
         b.claim(5, 1, 102);
         assert_eq!(b.siblings(0, 3), (0, 1));
-        b.publish(4, State::Idle, 0, 2, 0, &[]);
-        b.publish(3, State::Busy, 5, 9, 77, &[]);
+        b.publish(4, State::Idle, 0, 2, 0, 0, &[]);
+        b.publish(3, State::Busy, 5, 9, 77, 1234, &[]);
         assert_eq!(b.siblings(0, 3), (1, 1));
         assert_eq!(b.siblings(0, 4), (0, 1));
         assert_eq!(b.siblings(1, 99), (0, 1));
         let s = b.status(3).unwrap();
         assert_eq!((s.pool, s.pid, s.state, s.queued, s.sessions, s.owner), (0, 100, State::Busy, 5, 9, 77));
-        b.publish(4, State::Draining, 0, 2, 0, &[]);
+        assert_eq!(s.waiting_since_ns, 1234);
+        assert_eq!(b.room(3), 0);
+        b.set_room(3, 2);
+        assert_eq!(b.room(3), 2);
+        b.publish(4, State::Draining, 0, 2, 0, 0, &[]);
         assert_eq!(b.siblings(0, 3), (0, 0));
         b.release(4);
         assert_eq!(b.status(4), None);
         assert_eq!(b.status(BOARD_SLOTS), None);
-        b.publish(BOARD_SLOTS + 1, State::Idle, 0, 0, 0, &[]); // out of range: ignored
+        b.publish(BOARD_SLOTS + 1, State::Idle, 0, 0, 0, 0, &[]); // out of range: ignored
     }
 
     #[test]
@@ -288,7 +326,7 @@ mod tests {
         // SAFETY: the test harness may run threads, but the child only touches the board and calls _exit.
         match unsafe { libc::fork() } {
             0 => {
-                b.publish(1, State::Idle, 0, 3, 0, &[]);
+                b.publish(1, State::Idle, 0, 3, 0, 0, &[]);
                 // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers.
                 unsafe { libc::_exit(0) };
             }

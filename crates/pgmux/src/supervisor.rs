@@ -6,9 +6,11 @@
 //! block wait in that child's outbox. What it knows about sessions comes from typed channel messages: listeners
 //! report authenticated clients (socket + record) and decoded CancelRequests; workers report sessions that ended.
 //!
-//! Routing rule: a session goes to a worker of its own pool (database name as the client asked, user), never to
-//! another's. While the pool has fewer workers than its size a new worker is started for it, otherwise the least
-//! loaded worker takes it. In session mode a worker serves one session at a time and the others wait here.
+//! Routing rule: a session goes to a worker of its own pool (database name as the client asked, user — the
+//! database's forced user if it has one), never to another's. While the pool has fewer workers than its size (and
+//! the limits shared with other pools allow, see `supervisor/limits.rs`) a new worker is started for it, otherwise
+//! the least loaded worker takes it. In session mode a worker serves one session at a time and the others wait
+//! here. A dedicated pool starts a worker for every session.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -23,7 +25,7 @@ use nix::sys::signal::{self, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use pgmux_config::{Config, PoolMode, UserList};
+use pgmux_config::{Config, PoolMode, PoolSettings, UserList};
 use pgmux_ipc::{Channel, IpcError, Msg, Outbox, SessionRecord};
 
 use crate::board::{self, Board};
@@ -34,6 +36,7 @@ use crate::sockets::ListenSocket;
 use crate::worker::{self, WorkerContext};
 
 mod admin;
+mod limits;
 
 const SIGNALS: Token = Token(0);
 const FIRST_CHILD: usize = 2;
@@ -71,15 +74,34 @@ struct Child {
 #[derive(Debug)]
 struct Pool {
     database: String,
+    /// The user it serves: the database's forced user if it has one, else the client's (as PgBouncer keys pools).
+    /// A dedicated pool's is always the client's.
     user: String,
+    /// Every session gets a worker of its own, outside every limit (`dedicated_databases` / `dedicated_users`).
+    dedicated: bool,
+    /// Its settings in the running configuration (`Config::pool_settings`); `size` and `mode` are copies.
+    settings: PoolSettings,
     size: usize,
     mode: PoolMode,
-    /// Child slots of this pool's workers.
+    /// Child slots of this pool's workers, draining ones excepted.
     workers: Vec<usize>,
-    /// Sessions waiting for a worker (session mode, or while a crashed pool backs off).
-    waiting: VecDeque<(SessionRecord, OwnedFd)>,
+    /// Sessions waiting for a worker (session mode, a limit reached, PAUSE, or while a crashed pool backs off).
+    waiting: VecDeque<Held>,
     respawn_at: Option<Instant>,
     backoff: Duration,
+    /// A SCRAM ClientKey from a login as the user its workers log in as: lets a worker started without a session
+    /// (min_pool_size) log in upstream when the auth file holds a SCRAM secret.
+    client_key: Vec<u8>,
+    /// Reserve pool and eviction bookkeeping (`supervisor/limits.rs`).
+    limits: limits::PoolState,
+}
+
+/// A session the supervisor holds until a worker can take it, and since when it waits.
+#[derive(Debug)]
+struct Held {
+    record: SessionRecord,
+    fd: OwnedFd,
+    since: Instant,
 }
 
 struct SessionEntry {
@@ -103,7 +125,8 @@ pub struct Supervisor {
     signals: SignalFd,
     children: Vec<Option<Child>>,
     pools: Vec<Pool>,
-    pool_index: HashMap<(String, String), usize>,
+    /// (database, user, dedicated) → index in `pools`.
+    pool_index: HashMap<(String, String, bool), usize>,
     sessions: HashMap<u64, SessionEntry>,
     cancel_keys: HashMap<(u32, u32), u64>,
     next_session: u64,
@@ -171,6 +194,7 @@ impl Supervisor {
                 return 1;
             }
         }
+        self.create_forced_pools();
         let mut events = Events::with_capacity(256);
         let mut next_tick = Instant::now() + TICK;
         crate::sd_notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
@@ -294,6 +318,7 @@ impl Supervisor {
     fn spawn_worker(&mut self, pool: usize) -> Result<usize, String> {
         let Some(p) = self.pools.get(pool) else { return Err("no such pool".into()) };
         let (database, user) = (p.database.clone(), p.user.clone());
+        let (dedicated, client_key) = (p.dedicated, p.client_key.clone());
         let index = self.next_worker;
         self.next_worker += 1;
         let (mine, theirs) = Channel::pair().map_err(|e| format!("socketpair: {e}"))?;
@@ -302,7 +327,7 @@ impl Supervisor {
         let config = self.config.clone();
         let userlist = self.userlist.clone();
         let parent = self.me;
-        let name = format!("worker-{index} {database}/{user}");
+        let name = format!("worker-{index} {database}/{user}{}", if dedicated { " (dedicated)" } else { "" });
         let role_name = name.clone();
         let (db2, user2) = (database.clone(), user.clone());
         let board_slot = self.next_slot();
@@ -320,6 +345,8 @@ impl Supervisor {
                 board,
                 board_slot,
                 pool,
+                dedicated,
+                client_key,
             })
         })
         .map_err(|e| e.to_string())?;
@@ -330,6 +357,7 @@ impl Supervisor {
             p.workers.push(slot);
         }
         self.admin_worker_started(slot, pool);
+        self.publish_room();
         Ok(slot)
     }
 
@@ -434,48 +462,67 @@ impl Supervisor {
             refuse(fd, code, &message);
             return;
         }
+        if let Some(message) = self.client_limit_refusal(pool, &record) {
+            warn!("refusing client {}/{}: {message}", record.database, record.user);
+            refuse(fd, "53300", message);
+            return;
+        }
+        self.remember_client_key(pool, &record);
         self.admin_login(&record, &fd);
         self.cancel_keys.insert((record.cancel_pid, record.cancel_key), record.session_id);
-        self.place(pool, record, fd);
+        self.place(pool, record, fd, Instant::now());
     }
 
-    fn pool_for(&mut self, database: &str, user: &str) -> Option<usize> {
+    /// The pool of a client of `database` logged in as `client_user`: keyed by the database's forced user if it
+    /// has one (clients of it share the pool, as in PgBouncer), else by the client's user; a dedicated session has
+    /// a pool of its client's own.
+    fn pool_for(&mut self, database: &str, client_user: &str) -> Option<usize> {
+        let dedicated = self.config.is_dedicated(database, client_user);
+        let user = if dedicated { client_user } else { self.config.pool_user(database, client_user) }.to_string();
+        self.pool_named(database, &user, dedicated)
+    }
+
+    /// The pool (database, user, dedicated), created if need be; None if no database entry serves `database`.
+    fn pool_named(&mut self, database: &str, user: &str, dedicated: bool) -> Option<usize> {
         // The running configuration decides, so a database removed by a reload takes no new sessions.
-        let db = self.config.database(database)?;
-        let key = (database.to_string(), user.to_string());
+        let settings = self.config.pool_settings(database, user, dedicated)?;
+        let key = (database.to_string(), user.to_string(), dedicated);
         if let Some(&i) = self.pool_index.get(&key) {
             return Some(i);
         }
         self.pools.push(Pool {
             database: database.to_string(),
             user: user.to_string(),
-            size: db.pool_size.max(1) as usize,
-            mode: db.pool_mode,
+            dedicated,
+            settings,
+            size: settings.pool_size.max(1) as usize,
+            mode: settings.pool_mode,
             workers: Vec::new(),
             waiting: VecDeque::new(),
             respawn_at: None,
             backoff: Duration::from_millis(100),
+            client_key: Vec::new(),
+            limits: limits::PoolState::default(),
         });
         let i = self.pools.len() - 1;
         self.pool_index.insert(key, i);
         Some(i)
     }
 
-    /// Give a session to a worker of its pool, starting one if the pool may grow, or let it wait.
-    fn place(&mut self, pool: usize, record: SessionRecord, fd: OwnedFd) {
+    /// Give a session to a worker of its pool, starting one if the pool may grow, or let it wait (`since`: when it
+    /// began waiting, for the reserve pool and query_wait_timeout).
+    fn place(&mut self, pool: usize, mut record: SessionRecord, fd: OwnedFd, since: Instant) {
         if self.admin_holds(pool) {
             // PAUSE: new sessions wait here until RESUME.
-            if let Some(p) = self.pools.get_mut(pool) {
-                p.waiting.push_back((record, fd));
-            }
+            self.hold(pool, record, fd, since);
             return;
         }
         let Some(p) = self.pools.get(pool) else { return };
-        let may_spawn = p.workers.len() < p.size && p.respawn_at.is_none_or(|t| Instant::now() >= t);
         let session_mode = p.mode == PoolMode::Session;
         let mut target = None;
         let mut best = u32::MAX;
-        for &slot in &p.workers {
+        // A dedicated session never shares: it always gets a worker of its own.
+        for &slot in p.workers.iter().filter(|_| !p.dedicated) {
             if let Some(c) = self.children.get(slot).and_then(|c| c.as_ref()) {
                 if c.sessions < best && !(session_mode && c.sessions > 0) {
                     best = c.sessions;
@@ -484,20 +531,39 @@ impl Supervisor {
             }
         }
         // Prefer an idle worker; start a new one rather than doubling up.
-        if best > 0 && may_spawn {
-            match self.spawn_worker(pool) {
-                Ok(slot) => target = Some(slot),
-                Err(e) => error!("cannot start a worker for {}/{}: {e}", record.database, record.user),
+        if best > 0 {
+            match self.may_start(pool, since.elapsed()) {
+                limits::Start::Yes(how) => match self.spawn_worker(pool) {
+                    Ok(slot) => {
+                        self.note_start(pool, how, since.elapsed());
+                        target = Some(slot);
+                    }
+                    Err(e) => error!("cannot start a worker for {}/{}: {e}", record.database, record.user),
+                },
+                // Nothing to share: ask the pools over the limit to give a worker back.
+                limits::Start::Limited(limit) if target.is_none() => self.make_room(pool, limit),
+                _ => {}
             }
         }
         match target {
-            Some(slot) => self.assign(slot, record, fd),
+            Some(slot) => {
+                if record.flags & worker::FLAG_MIGRATED != 0 {
+                    // It waited here (or at its last worker) already: the next worker counts that too.
+                    record.waiting_since_ns = worker::ns_at_instant(since);
+                }
+                self.assign(slot, record, fd)
+            }
             None => {
                 debug!("s{}: waiting for a worker of {}/{}", record.session_id, record.database, record.user);
-                if let Some(p) = self.pools.get_mut(pool) {
-                    p.waiting.push_back((record, fd));
-                }
+                self.hold(pool, record, fd, since);
             }
+        }
+    }
+
+    /// Keep a session here until a worker of its pool can take it (`drain_waiting`).
+    fn hold(&mut self, pool: usize, record: SessionRecord, fd: OwnedFd, since: Instant) {
+        if let Some(p) = self.pools.get_mut(pool) {
+            p.waiting.push_back(Held { record, fd, since });
         }
     }
 
@@ -536,7 +602,7 @@ impl Supervisor {
                 // against max_client_conn nor gets re-homed twice if that worker dies.
                 self.sessions.remove(&id);
                 match copy {
-                    Some(fd) => self.place(pool, kept, fd),
+                    Some(fd) => self.place(pool, kept, fd, Instant::now()),
                     None => {
                         self.cancel_keys.remove(&cancel);
                     }
@@ -545,16 +611,29 @@ impl Supervisor {
         }
     }
 
-    /// A worker hands back a session that waits behind its busy upstream: give it to another worker of the same
-    /// pool (starting one if the pool may grow), or back to the same worker if there is no other.
+    /// A worker hands back a session that waits behind its busy upstream (or that it drains): give it to another
+    /// worker of the same pool (starting one if the pool may grow), back to the same worker if there is no other,
+    /// or hold it here if that worker is draining and no other can take it.
     fn migrate(&mut self, from: usize, pool: usize, record: SessionRecord, fd: OwnedFd) {
         let id = record.session_id;
         self.admin.events.sessions_migrated += 1;
         if let Some(c) = self.children.get_mut(from).and_then(|c| c.as_mut()) {
             c.sessions = c.sessions.saturating_sub(1);
         }
+        let since = match record.waiting_since_ns {
+            0 => Instant::now(),
+            ns => worker::instant_at_ns(ns),
+        };
         let Some(p) = self.pools.get(pool) else { return };
-        let may_spawn = p.workers.len() < p.size && p.respawn_at.is_none_or(|t| Instant::now() >= t);
+        let from_usable = p.workers.contains(&from);
+        if p.dedicated || p.mode == PoolMode::Session || self.admin_holds(pool) {
+            // Session pooling needs a worker of the session's own (`place`'s rule); a paused pool holds it here.
+            self.sessions.remove(&id);
+            self.place(pool, record, fd, since);
+            return;
+        }
+        let start = self.may_start(pool, since.elapsed());
+        let Some(p) = self.pools.get(pool) else { return };
         // An idle worker (as the board says) serves the session at once; otherwise the one with fewest sessions.
         let mut target = None;
         let mut best = (false, u32::MAX);
@@ -572,13 +651,30 @@ impl Supervisor {
             }
         }
         let best = if best.0 { 0 } else { best.1 };
-        if (target.is_none() || best > 0) && may_spawn {
-            match self.spawn_worker(pool) {
-                Ok(w) => target = Some(w),
-                Err(e) => error!("cannot start a worker: {e}"),
+        if target.is_none() || best > 0 {
+            match start {
+                limits::Start::Yes(how) => match self.spawn_worker(pool) {
+                    Ok(w) => {
+                        self.note_start(pool, how, since.elapsed());
+                        target = Some(w);
+                    }
+                    Err(e) => error!("cannot start a worker: {e}"),
+                },
+                limits::Start::Limited(limit) if target.is_none() && !from_usable => self.make_room(pool, limit),
+                _ => {}
             }
         }
-        let target = target.unwrap_or(from);
+        let target = match target {
+            Some(t) => t,
+            None if from_usable => from,
+            None => {
+                // Its worker is draining and nothing else may take it yet: it waits here, its wait still counting.
+                debug!("s{id}: waiting here for a worker of its pool");
+                self.sessions.remove(&id);
+                self.hold(pool, record, fd, since);
+                return;
+            }
+        };
         debug!("s{id}: moving to worker slot {target}");
         self.assign(target, record, fd);
     }
@@ -597,6 +693,9 @@ impl Supervisor {
             }
         }
         if let Some(p) = pool {
+            if now_idle && self.pools.get(p).is_some_and(|p| p.dedicated) {
+                self.retire_worker(slot, "its dedicated session ended");
+            }
             self.drain_waiting(p);
         }
         if now_idle && self.shutdown == Some(Shutdown::WaitForClients) {
@@ -611,12 +710,16 @@ impl Supervisor {
         }
         loop {
             let Some(p) = self.pools.get_mut(pool) else { return };
-            let Some((record, fd)) = p.waiting.pop_front() else { return };
+            let Some(held) = p.waiting.pop_front() else { return };
             let before = p.waiting.len();
-            self.place(pool, record, fd);
-            let after = self.pools.get(pool).map(|p| p.waiting.len()).unwrap_or(0);
-            if after > before {
-                return; // it went back to waiting: nothing free
+            self.place(pool, held.record, held.fd, held.since);
+            let Some(p) = self.pools.get_mut(pool) else { return };
+            if p.waiting.len() > before {
+                // It went back to waiting: nothing free. It keeps its place at the head of the queue.
+                if let Some(h) = p.waiting.pop_back() {
+                    p.waiting.push_front(h);
+                }
+                return;
             }
         }
     }
@@ -686,22 +789,19 @@ impl Supervisor {
                 summary.push(format!("{database}/{user}: removed, no new sessions"));
                 continue;
             };
+            let Some(settings) = self.config.pool_settings(&database, &user, p.dedicated) else { continue };
             let redefined = workers_changed
+                || settings.pool_mode != p.settings.pool_mode
                 || before.as_ref().is_none_or(|b| {
-                    (&b.host, b.port, old.upstream_dbname(b, &database), &b.user, &b.password, b.pool_mode)
-                        != (
-                            &db.host,
-                            db.port,
-                            self.config.upstream_dbname(&db, &database),
-                            &db.user,
-                            &db.password,
-                            db.pool_mode,
-                        )
+                    (&b.host, b.port, old.upstream_dbname(b, &database), &b.user, &b.password)
+                        != (&db.host, db.port, self.config.upstream_dbname(&db, &database), &db.user, &db.password)
+                        || entry_view(&old, b, &user) != entry_view(&self.config, &db, &user)
                 });
-            let size = db.pool_size.max(1) as usize;
+            let size = settings.pool_size.max(1) as usize;
             let mut retire: Vec<usize> = Vec::new();
             if let Some(p) = self.pools.get_mut(pool) {
-                p.mode = db.pool_mode;
+                p.settings = settings;
+                p.mode = settings.pool_mode;
                 p.size = size;
                 if redefined {
                     retire = std::mem::take(&mut p.workers);
@@ -730,6 +830,7 @@ impl Supervisor {
             }
             self.drain_waiting(pool);
         }
+        self.create_forced_pools();
         if summary.is_empty() {
             info!("configuration reloaded; no pool changed");
         } else {
@@ -844,6 +945,7 @@ impl Supervisor {
                 }
                 let keep_serving = self.shutdown != Some(Shutdown::WaitForServers);
                 self.rehome_sessions_of(slot, &child.name, keep_serving.then_some(exposed));
+                self.limits_worker_gone(slot);
                 self.drain_waiting(pool);
             }
             return;
@@ -874,6 +976,7 @@ impl Supervisor {
                     }
                 }
                 self.rehome_sessions_of(slot, &child.name, Some(exposed));
+                self.limits_worker_gone(slot);
                 self.drain_waiting(pool);
             }
         }
@@ -898,8 +1001,9 @@ impl Supervisor {
                 Some(fd) if recoverable && self.pools.get(e.pool).is_some() => {
                     let mut record = e.record;
                     record.moved_at_ns = 0;
+                    record.waiting_since_ns = 0;
                     moved += 1;
-                    self.place(e.pool, record, fd);
+                    self.place(e.pool, record, fd, Instant::now());
                 }
                 fd => {
                     lost += 1;
@@ -952,6 +1056,7 @@ impl Supervisor {
                 self.drain_waiting(pool);
             }
         }
+        self.limits_tick();
         self.admin_tick();
         self.flush_all();
         None
@@ -1011,9 +1116,9 @@ impl Supervisor {
                     }
                 }
                 for p in &mut self.pools {
-                    for (record, fd) in p.waiting.drain(..) {
-                        debug!("s{}: refused, shutting down", record.session_id);
-                        refuse(fd, "57P01", "pgmux is shutting down");
+                    for held in p.waiting.drain(..) {
+                        debug!("s{}: refused, shutting down", held.record.session_id);
+                        refuse(held.fd, "57P01", "pgmux is shutting down");
                     }
                 }
             }
@@ -1084,6 +1189,17 @@ fn worker_view(p: &pgmux_config::Pooler) -> pgmux_config::Pooler {
     v.client_login_timeout = Duration::ZERO;
     v.default_pool_size = 0;
     v.pool_mode = pgmux_config::PoolMode::Session;
+    // Pool sizes and limits: the supervisor applies them; a worker reads the two connection limits only as a
+    // hint for moving sessions.
+    v.min_pool_size = 0;
+    v.reserve_pool_size = 0;
+    v.reserve_pool_timeout = None;
+    v.max_db_connections = 0;
+    v.max_db_client_connections = 0;
+    v.max_user_connections = 0;
+    v.max_user_client_connections = 0;
+    v.dedicated_databases.clear();
+    v.dedicated_users.clear();
     v.logfile = None;
     v.pidfile = None;
     v.admin_users.clear();
@@ -1096,6 +1212,30 @@ fn worker_view(p: &pgmux_config::Pooler) -> pgmux_config::Pooler {
     v.so_reuseport = false;
     v.listen_backlog = 0;
     v
+}
+
+/// What a worker reads, at its start, from its database's and its user's entries besides the upstream's address
+/// and login: when it changes on reload, the pool's workers are replaced.
+#[allow(clippy::type_complexity)]
+fn entry_view<'a>(
+    config: &'a Config,
+    db: &'a pgmux_config::Database,
+    user: &str,
+) -> ([Option<Duration>; 2], [&'a Option<String>; 5], Option<[Option<Duration>; 5]>) {
+    let u = config.user(user).map(|u| {
+        [
+            u.query_timeout,
+            u.query_wait_timeout,
+            u.idle_transaction_timeout,
+            u.transaction_timeout,
+            u.client_idle_timeout,
+        ]
+    });
+    (
+        [db.server_lifetime, db.query_wait_timeout],
+        [&db.client_encoding, &db.datestyle, &db.timezone, &db.application_name, &db.connect_query],
+        u,
+    )
 }
 
 /// Tell a client it cannot be served, without reading anything from it. The message is pgmux's own.

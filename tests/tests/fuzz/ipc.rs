@@ -40,6 +40,7 @@ pub fn record(rng: &mut Rng) -> SessionRecord {
         sql_prepared: (0..rng.len(4)).map(|_| (rng.text(8), rng.text(16), rng.text(40))).collect(),
         listens: (0..rng.len(4)).map(|_| rng.text(10)).collect(),
         moved_at_ns: rng.next_u64(),
+        waiting_since_ns: rng.next_u64(),
         scram_client_key: if rng.one_in(2) { rng.bytes(32) } else { Vec::new() },
         auth_secret: if rng.one_in(2) { rng.text(100) } else { String::new() },
     }

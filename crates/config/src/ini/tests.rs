@@ -353,20 +353,22 @@ fn file_level_errors() {
 
 #[test]
 fn keys_without_effect_are_reported_once_each_with_their_line() {
-    let c = ok(&pgb("min_pool_size = 2\n\
+    let c = ok(&pgb("cancel_wait_timeout = 2\n\
                      tcp_keepalive = 1\n\
                      so_reuseport = 0\n\
                      client_tls_sslmode = disable\n\
                      server_tls_sslmode = prefer\n\
                      admin_users =\n\
                      stats_users = monitor\n\
-                     query_timeout = 0.0\n\
+                     server_fast_close = 0\n\
                      listen_port = 6432"));
     let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(
         lines,
         [
-            format!("{MAIN}: line 4: pgbouncer.min_pool_size: has no effect in pgmux yet (accepted, not acted on)"),
+            format!(
+                "{MAIN}: line 4: pgbouncer.cancel_wait_timeout: has no effect in pgmux yet (accepted, not acted on)"
+            ),
             format!(
                 "{MAIN}: line 5: pgbouncer.tcp_keepalive: has no effect in pgmux: pgmux leaves this socket option at \
                  the operating system's default"
@@ -379,16 +381,18 @@ fn keys_without_effect_are_reported_once_each_with_their_line() {
         "so_reuseport = 0, sslmode = disable, empty lists and zero timeouts are what pgmux does anyway"
     );
     // Stored keys keep their values for later work.
-    assert_eq!(c.pooler.min_pool_size, 2);
+    assert_eq!(c.pooler.cancel_wait_timeout, Some(Duration::from_secs(2)));
     assert_eq!(c.pooler.stats_users, ["monitor"]);
-    assert_eq!(c.pooler.query_timeout, None);
+    assert!(!c.pooler.server_fast_close);
 
-    let c = ok("[pgbouncer]\n[databases]\nx = host=h connect_query='SELECT 1' target_session_attrs=any\n\
-                [users]\nalice = max_user_connections=3\n[peers]\n1 = host=/tmp/p1\n");
+    let c = ok(
+        "[pgbouncer]\n[databases]\nx = host=h connect_query='SELECT 1' auth_dbname=authdb target_session_attrs=any\n\
+                [users]\nalice = max_user_connections=3\n[peers]\n1 = host=/tmp/p1\n",
+    );
     let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
-    // connect_query is applied: no warning.
+    // connect_query and every [users] key are applied: no warning for them.
     assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert!(lines[0].starts_with(&format!("{MAIN}: line 5: users.alice.max_user_connections: has no effect")));
+    assert!(lines[0].starts_with(&format!("{MAIN}: line 3: databases.x.auth_dbname: has no effect in pgmux yet")));
     assert!(lines[1].starts_with(&format!("{MAIN}: line 7: peers.1.host: has no effect in pgmux: pgmux does not")));
 }
 

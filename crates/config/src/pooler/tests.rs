@@ -401,13 +401,8 @@ fn pgbouncer_keys_work_in_toml_too() {
     let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(
         lines,
-        [
-            "/etc/pgmux/pooler.toml: pooler.min_pool_size: has no effect in pgmux yet (accepted, not acted on)",
-            "/etc/pgmux/pooler.toml: pooler.tcp_keepalive: has no effect in pgmux: pgmux leaves this socket option \
-             at the operating system's default",
-            "/etc/pgmux/pooler.toml: databases.x.reserve_pool: has no effect in pgmux yet (accepted, not acted on)",
-            "/etc/pgmux/pooler.toml: users.alice.pool_mode: has no effect in pgmux yet (accepted, not acted on)",
-        ]
+        ["/etc/pgmux/pooler.toml: pooler.tcp_keepalive: has no effect in pgmux: pgmux leaves this socket option \
+             at the operating system's default",]
     );
     assert_err(&pooler_err("so_reuseport = \"yes\""), "pooler.so_reuseport", "expected a boolean, found string");
     assert_err(&pooler_err("tcp_keepcnt = 1.5"), "pooler.tcp_keepcnt", "expected an integer, found float");

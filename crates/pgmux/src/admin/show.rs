@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use pgmux_ipc::admin::{PoolInfo, Snapshot, WorkerInfo, MODE_SESSION, MODE_STATEMENT};
+use pgmux_ipc::admin::{PoolInfo, Snapshot, UserInfo, WorkerInfo, MODE_SESSION, MODE_STATEMENT};
 use pgmux_ipc::stats::{Counters, ServerState, SessionReport, SessionState, PIN_IN_TRANSACTION};
 use pgmux_proto::backend::{Column, INT4_OID, INT8_OID, NUMERIC_OID, TEXT_OID};
 use pgmux_proto::sql::{PIN_ADVISORY, PIN_HOLD_CURSOR, PIN_LOAD, PIN_TEMP};
@@ -671,14 +671,14 @@ fn databases(snap: &Snapshot) -> ResultSet {
                 s(&d.dbname),
                 d.force_user.clone(),
                 n(d.pool_size),
-                n(0),
-                n(0),
+                n(d.min_pool_size),
+                n(d.reserve_pool_size),
                 n(d.server_lifetime_s),
                 s(mode_name(d.pool_mode)),
                 None,
-                n(0),
+                n(d.max_connections),
                 n(servers.get(d.name.as_str()).copied().unwrap_or(0)),
-                n(0),
+                n(d.max_client_connections),
                 n(clients.get(d.name.as_str()).copied().unwrap_or(0)),
                 n(u8::from(d.paused)),
                 n(u8::from(d.disabled)),
@@ -728,13 +728,16 @@ fn users(snap: &Snapshot) -> ResultSet {
             "current_client_connections",
         ],
     );
-    let mut names: Vec<&str> = snap.users.iter().map(String::as_str).collect();
-    if !names.contains(&"pgbouncer") {
-        names.push("pgbouncer");
+    let mut names: Vec<(&str, Option<&UserInfo>)> =
+        snap.users.iter().enumerate().map(|(i, u)| (u.as_str(), snap.user_limits.get(i))).collect();
+    if !names.iter().any(|(n, _)| *n == "pgbouncer") {
+        names.push(("pgbouncer", None));
     }
-    names.sort_unstable();
-    names.dedup();
-    for name in names {
+    names.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    names.dedup_by(|a, b| a.0 == b.0);
+    // PgBouncer prints a user's own sizes right-aligned in nine characters, and nothing when it has none.
+    let size = |v: Option<u32>| s(v.map(|v| format!("{v:>9}")).unwrap_or_default());
+    for (name, limits) in names {
         let servers: usize = snap
             .pools
             .iter()
@@ -743,7 +746,17 @@ fn users(snap: &Snapshot) -> ResultSet {
             .filter(|w| w.report.as_ref().is_some_and(|r| r.upstream.is_some()))
             .count();
         let clients = snap.clients.iter().filter(|c| c.user == name).count();
-        r.push(vec![s(name), s(""), s(""), None, n(0), n(servers), n(0), n(clients)]);
+        let l = limits.cloned().unwrap_or_default();
+        r.push(vec![
+            s(name),
+            size(l.pool_size),
+            size(l.reserve_pool_size),
+            l.pool_mode.map(|m| mode_name(m).to_string()),
+            n(l.max_connections),
+            n(servers),
+            n(l.max_client_connections),
+            n(clients),
+        ]);
     }
     r
 }
@@ -936,6 +949,10 @@ mod tests {
                 server_lifetime_s: 3600,
                 paused: false,
                 disabled: true,
+                min_pool_size: 1,
+                reserve_pool_size: 2,
+                max_connections: 30,
+                max_client_connections: 40,
             }],
             pools: vec![PoolInfo {
                 database: "appdb".into(),
@@ -951,6 +968,13 @@ mod tests {
             }],
             clients: (1..=5).map(client).collect(),
             users: vec!["alice".into()],
+            user_limits: vec![UserInfo {
+                pool_size: Some(7),
+                reserve_pool_size: None,
+                pool_mode: Some(MODE_SESSION),
+                max_connections: 3,
+                max_client_connections: 0,
+            }],
             settings: vec![("listen_port".into(), "6432".into(), "6432".into(), false)],
             workers: 3,
             ..Snapshot::default()
@@ -1041,11 +1065,20 @@ mod tests {
         assert_eq!(get(&d, 0, "current_connections"), "2");
         assert_eq!(get(&d, 0, "current_client_connections"), "5");
         assert_eq!(get(&d, 0, "disabled"), "1");
+        assert_eq!(get(&d, 0, "min_pool_size"), "1");
+        assert_eq!(get(&d, 0, "reserve_pool_size"), "2");
+        assert_eq!(get(&d, 0, "max_connections"), "30");
+        assert_eq!(get(&d, 0, "max_client_connections"), "40");
         assert_eq!(get(&d, 1, "name"), "pgbouncer");
         assert_eq!(get(&d, 1, "host"), "NULL");
         let u = result(Show::Users, &snap, &Local::default());
         assert_eq!(u.rows.len(), 2);
         assert_eq!(get(&u, 0, "current_client_connections"), "5");
+        assert_eq!(get(&u, 0, "pool_size"), "        7");
+        assert_eq!(get(&u, 0, "reserve_pool_size"), "");
+        assert_eq!(get(&u, 0, "pool_mode"), "session");
+        assert_eq!(get(&u, 0, "max_user_connections"), "3");
+        assert_eq!((get(&u, 1, "name"), get(&u, 1, "pool_mode")), ("pgbouncer", "NULL"));
         let l = result(Show::Lists, &snap, &Local { login_clients: 3 });
         assert_eq!(l.rows[6], vec![s("used_clients"), s("5")]);
         assert_eq!(l.rows[7], vec![s("login_clients"), s("3")]);

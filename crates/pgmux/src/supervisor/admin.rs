@@ -22,8 +22,8 @@ use log::{info, warn};
 use pgmux_config::settings::{self, SetError};
 use pgmux_config::PoolMode;
 use pgmux_ipc::admin::{
-    AdminCommand, AdminReply, ClientInfo, DatabaseInfo, PoolInfo, ProcessInfo, ShutdownMode, Snapshot, WorkerInfo,
-    MODE_SESSION, MODE_STATEMENT, MODE_TRANSACTION,
+    AdminCommand, AdminReply, ClientInfo, DatabaseInfo, PoolInfo, ProcessInfo, ShutdownMode, Snapshot, UserInfo,
+    WorkerInfo, MODE_SESSION, MODE_STATEMENT, MODE_TRANSACTION,
 };
 use pgmux_ipc::stats::{Counters, Latency, WorkerReport};
 use pgmux_ipc::wire::{self, Assembler};
@@ -228,6 +228,11 @@ impl Supervisor {
         self.pools.get(pool).is_some_and(|p| self.pool_paused(&p.database))
     }
 
+    /// SUSPEND is in force (sessions held here do not time out meanwhile).
+    pub(super) fn admin_suspended(&self) -> bool {
+        self.admin.pause == Some(PauseKind::Suspend)
+    }
+
     /// A worker was just started: tell it if its pool is paused, before it gets any session.
     pub(super) fn admin_worker_started(&mut self, slot: usize, pool: usize) {
         if self.admin_holds(pool) {
@@ -290,7 +295,7 @@ impl Supervisor {
         // Sessions that ended leave the table; their login notes go too.
         if self.admin.clients.len() > self.sessions.len() {
             let held: HashSet<u64> =
-                self.pools.iter().flat_map(|p| p.waiting.iter().map(|(r, _)| r.session_id)).collect();
+                self.pools.iter().flat_map(|p| p.waiting.iter().map(|h| h.record.session_id)).collect();
             let sessions = &self.sessions;
             self.admin.clients.retain(|id, _| sessions.contains_key(id) || held.contains(id));
         }
@@ -437,14 +442,10 @@ impl Supervisor {
                     report: latest.map(|l| l.report.clone()),
                 });
             }
-            let now_wall = wall_now_us();
             let waiting = p
                 .waiting
                 .iter()
-                .map(|(r, _)| {
-                    let since = self.admin.clients.get(&r.session_id).map_or(now_wall, |c| c.connect_time_us);
-                    (r.session_id, now_wall.saturating_sub(since))
-                })
+                .map(|h| (h.record.session_id, u64::try_from(h.since.elapsed().as_micros()).unwrap_or(u64::MAX)))
                 .collect();
             pools.push(PoolInfo {
                 database: p.database.clone(),
@@ -459,7 +460,6 @@ impl Supervisor {
                 latency: latency.get(&i).copied().unwrap_or_default(),
             });
         }
-        let lifetime = self.config.pooler.server_lifetime.map_or(0, |d| d.as_secs());
         let db_info = |name: &str, db: &pgmux_config::Database| DatabaseInfo {
             name: name.to_string(),
             host: db.host.clone(),
@@ -468,9 +468,13 @@ impl Supervisor {
             force_user: db.user.clone(),
             pool_size: db.pool_size,
             pool_mode: mode_byte(db.pool_mode),
-            server_lifetime_s: lifetime,
+            server_lifetime_s: db.server_lifetime.map_or(0, |d| d.as_secs()),
             paused: self.admin.paused_dbs.contains(name),
             disabled: self.admin.disabled.contains(name),
+            min_pool_size: db.min_pool_size,
+            reserve_pool_size: db.reserve_pool_size,
+            max_connections: self.config.max_db_connections(name),
+            max_client_connections: self.config.max_db_client_connections(name),
         };
         let mut databases: Vec<DatabaseInfo> = self
             .config
@@ -493,6 +497,19 @@ impl Supervisor {
                 users.push(p.user.clone());
             }
         }
+        let user_limits = users
+            .iter()
+            .map(|name| {
+                let entry = self.config.user(name);
+                UserInfo {
+                    pool_size: entry.and_then(|u| u.pool_size),
+                    reserve_pool_size: entry.and_then(|u| u.reserve_pool_size),
+                    pool_mode: entry.and_then(|u| u.pool_mode).map(mode_byte),
+                    max_connections: self.config.max_user_connections(name),
+                    max_client_connections: self.config.max_user_client_connections(name),
+                }
+            })
+            .collect();
         let mut clients: Vec<ClientInfo> = self.admin.clients.values().cloned().collect();
         clients.sort_by_key(|c| c.id);
         Snapshot {
@@ -507,6 +524,7 @@ impl Supervisor {
             pools,
             clients,
             users,
+            user_limits,
             settings: settings::settings(&self.config.pooler)
                 .into_iter()
                 .map(|s| (s.key.to_string(), s.value, s.default, s.changeable))
@@ -742,9 +760,9 @@ impl Supervisor {
         }
         for p in &mut self.pools {
             if db.as_deref().is_none_or(|d| d == p.database) {
-                for (record, fd) in p.waiting.drain(..) {
-                    info!("s{}: refused: database removed (KILL)", record.session_id);
-                    refuse(fd, "08P01", "database removed");
+                for held in p.waiting.drain(..) {
+                    info!("s{}: refused: database removed (KILL)", held.record.session_id);
+                    refuse(held.fd, "08P01", "database removed");
                 }
             }
         }
@@ -759,9 +777,9 @@ impl Supervisor {
             return Ok(Some(AdminReply::Done));
         }
         for p in &mut self.pools {
-            if let Some(at) = p.waiting.iter().position(|(r, _)| r.session_id == target) {
-                if let Some((_, fd)) = p.waiting.remove(at) {
-                    refuse(fd, "08P01", "admin forced disconnect");
+            if let Some(at) = p.waiting.iter().position(|h| h.record.session_id == target) {
+                if let Some(held) = p.waiting.remove(at) {
+                    refuse(held.fd, "08P01", "admin forced disconnect");
                 }
                 self.admin.clients.remove(&target);
                 return Ok(Some(AdminReply::Done));

@@ -79,6 +79,11 @@ pub struct WorkerContext {
     pub board_slot: usize,
     /// The supervisor's index of this worker's pool, as the board names pools.
     pub pool: usize,
+    /// A dedicated pool (`dedicated_databases` / `dedicated_users`): one session, session pooling, never moved.
+    pub dedicated: bool,
+    /// A SCRAM ClientKey of the pool's user from an earlier login (32 bytes, else empty): lets a worker started
+    /// without a session (min_pool_size) log in upstream with a SCRAM secret.
+    pub client_key: Vec<u8>,
 }
 
 /// Why pgmux sent a query or Sync of its own; popped when its ReadyForQuery arrives.
@@ -181,7 +186,6 @@ struct Worker {
     turn_started: Instant,
     /// Earliest time to look at the board again for idle siblings.
     busy_check_at: Instant,
-    pool_size: usize,
     /// Sessions that may be exposed besides the owner (output not yet written, input not yet acted on, a state
     /// report not yet sent); `publish` prunes it.
     watch: Vec<usize>,
@@ -216,13 +220,18 @@ impl Worker {
         let config = ctx.config.clone();
         let db =
             config.database(&ctx.database).ok_or_else(|| format!("no database section for \"{}\"", ctx.database))?;
+        let pool = config
+            .pool_settings(&ctx.database, &ctx.user, ctx.dedicated)
+            .ok_or_else(|| format!("no database section for \"{}\"", ctx.database))?;
         let login_user = db.user.clone().unwrap_or_else(|| ctx.user.clone());
         let credential = match (&db.password, ctx.userlist.get(&login_user)) {
             (Some(p), _) => Credential::Plain(p.clone()),
             (None, Some(Secret::Plain(p))) => Credential::Plain(p.clone()),
             (None, Some(Secret::Md5(h))) => Credential::Md5(h.clone()),
             (None, Some(Secret::Scram(text))) => match pgmux_proto::auth::ScramSecret::parse(text) {
-                Some(secret) => Credential::Scram { secret, client_key: None },
+                Some(secret) => {
+                    Credential::Scram { secret, client_key: <[u8; 32]>::try_from(ctx.client_key.as_slice()).ok() }
+                }
                 None => Credential::None,
             },
             _ => Credential::None,
@@ -238,7 +247,7 @@ impl Worker {
             )
             .map_err(|e| format!("register channel: {e}"))?;
         Ok(Worker {
-            pool_mode: db.pool_mode,
+            pool_mode: pool.pool_mode,
             addr: Address::new(&db.host, db.port),
             login_params: [("user".to_string(), login_user.clone()), ("database".to_string(), dbname)]
                 .into_iter()
@@ -281,13 +290,14 @@ impl Worker {
             probe_rows: Vec::new(),
             pending_deallocs: Vec::new(),
             owner_active_at: Instant::now(),
-            can_migrate: db.pool_size > 1 && db.pool_mode != PoolMode::Session,
+            can_migrate: !pool.dedicated
+                && pool.pool_size + pool.reserve_pool_size > 1
+                && pool.pool_mode != PoolMode::Session,
             settings_probe: settings_probe(&login_user),
             listen_sync: false,
             draining: false,
             turn_started: Instant::now(),
             busy_check_at: Instant::now(),
-            pool_size: db.pool_size as usize,
             watch: Vec::new(),
             exposed_ids: Vec::new(),
             owner_exposed: false,
@@ -296,6 +306,12 @@ impl Worker {
     }
 
     fn run(&mut self) -> i32 {
+        // Connect before the first session arrives: a worker started for min_pool_size has none, and one started
+        // for a session connects now rather than a moment later. Without a usable credential (a SCRAM secret
+        // and no client key yet), the first session's login supplies it.
+        if !matches!(self.credential, Credential::Scram { client_key: None, .. }) {
+            let _ = self.ensure_upstream();
+        }
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         while !self.stop {
@@ -460,6 +476,8 @@ impl Worker {
         if migrated {
             s.readable = true;
         }
+        // A moved session's wait began at its first worker: query_wait_timeout counts all of it.
+        let waited_since = (s.record.waiting_since_ns != 0).then(|| instant_at_ns(s.record.waiting_since_ns));
         // The supervisor's copy of the record carries these bytes until this worker says they are consumed: report
         // at the end of the first turn here.
         s.report_after_turn = !pending.is_empty();
@@ -486,7 +504,7 @@ impl Worker {
         self.by_id.insert(s.id, idx);
         if has_pending {
             s.queued = true;
-            s.queued_at = Instant::now();
+            s.queued_at = waited_since.unwrap_or_else(Instant::now);
             self.queue.push_back(idx);
         }
         if let Some(slot) = self.sessions.get_mut(idx) {
@@ -1656,8 +1674,10 @@ impl Worker {
         let mut budget = match why {
             Blocked::IdleOwner => usize::MAX,
             Blocked::SlowTurn => {
-                let (idle, all) = self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot);
-                idle + self.pool_size.saturating_sub(all + 1)
+                // Idle siblings, and the workers the pool may still start (the supervisor weighs the pool size and
+                // the limits it shares with other pools, see `supervisor/limits.rs`).
+                let (idle, _) = self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot);
+                idle + self.ctx.board.room(self.ctx.board_slot) as usize
             }
         };
         if budget == 0 {
@@ -1730,7 +1750,23 @@ impl Worker {
             .and_then(|o| self.sessions.get(o))
             .and_then(|s| s.as_ref())
             .map_or(0, |s| s.id);
-        self.ctx.board.publish(self.ctx.board_slot, state, self.queue.len(), self.by_id.len(), owner, &ids);
+        // The queue is in arrival order, so its head has waited longest (near enough: a moved session may have
+        // started waiting earlier elsewhere).
+        let waiting_since = self
+            .queue
+            .front()
+            .and_then(|&i| self.sessions.get(i))
+            .and_then(|s| s.as_ref())
+            .map_or(0, |s| ns_at_instant(s.queued_at));
+        self.ctx.board.publish(
+            self.ctx.board_slot,
+            state,
+            self.queue.len(),
+            self.by_id.len(),
+            owner,
+            waiting_since,
+            &ids,
+        );
         self.exposed_ids = ids;
     }
 
@@ -1745,6 +1781,7 @@ impl Worker {
         }
         let mut record = s.to_record();
         record.moved_at_ns = monotonic_ns();
+        record.waiting_since_ns = if s.queued { ns_at_instant(s.queued_at) } else { 0 };
         let mut encoded = Vec::new();
         record.encode(&mut encoded);
         if encoded.len() + 64 > pgmux_ipc::channel::MAX_MSG_LEN {
@@ -1916,6 +1953,12 @@ impl Worker {
     fn close_idle_upstream(&mut self) {
         let Some(limit) = self.timeouts.server_idle else { return };
         let Some(up) = self.upstream.as_ref() else { return };
+        // As PgBouncer, not below the pool's min_pool_size: this worker and its (non-draining) siblings count.
+        let min = self.ctx.config.pool_settings(&self.ctx.database, &self.ctx.user, self.ctx.dedicated);
+        if min.is_some_and(|m| self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot).1 < m.min_pool_size as usize)
+        {
+            return;
+        }
         let idle = self.owner.is_none()
             && self.queue.is_empty()
             && self.replies.is_empty()
@@ -2014,8 +2057,20 @@ fn parse_two_column_row(body: &[u8]) -> Option<(String, String)> {
 
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine, so a time taken in one worker
 /// can be compared in another.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
         .unwrap_or(0)
+}
+
+/// `at` on the shared monotonic clock (see [`monotonic_ns`]).
+pub(crate) fn ns_at_instant(at: Instant) -> u64 {
+    let ago = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    monotonic_ns().saturating_sub(ago).max(1)
+}
+
+/// The `Instant` of a time taken on the shared monotonic clock (now, if it is in the future or unrepresentable).
+pub(crate) fn instant_at_ns(ns: u64) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(Duration::from_nanos(monotonic_ns().saturating_sub(ns))).unwrap_or(now)
 }
