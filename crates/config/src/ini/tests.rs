@@ -392,8 +392,9 @@ fn keys_without_effect_are_reported_once_each_with_their_line() {
     let lines: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
     // connect_query and every [users] key are applied: no warning for them.
     assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert!(lines[0].starts_with(&format!("{MAIN}: line 3: databases.x.auth_dbname: has no effect in pgmux yet")));
-    assert!(lines[1].starts_with(&format!("{MAIN}: line 7: peers.1.host: has no effect in pgmux: pgmux does not")));
+    // auth_dbname is applied; naming no database is worth a warning of its own.
+    assert!(lines[0].starts_with(&format!("{MAIN}: line 7: peers.1.host: has no effect in pgmux: pgmux does not")));
+    assert!(lines[1].contains("auth_dbname: \"authdb\" names no database"), "{lines:#?}");
 }
 
 #[test]

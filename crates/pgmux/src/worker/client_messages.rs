@@ -416,7 +416,12 @@ impl Worker {
                 }
                 SqlKind::Listen { channel } => plan.actions.push((i, PlanAction::Listen(channel.value.to_string()))),
                 SqlKind::Unlisten { channel } => {
-                    plan.actions.push((i, PlanAction::Unlisten(channel.as_ref().map(|c| c.value.to_string()))))
+                    plan.actions.push((i, PlanAction::Unlisten(channel.as_ref().map(|c| c.value.to_string()))));
+                    // The upstream listens for every session of this worker: the session's UNLISTEN only changes
+                    // its own channel set (applied on CommandComplete), and the worker's next listen sync drops
+                    // channels nobody needs. Sent as is, it would stop the upstream listening for the others until
+                    // that sync, and a NOTIFY committed in between would be lost for them. Same command tag.
+                    edits.push((st.span.clone(), "UNLISTEN \"pgmux.noop\"".to_string()));
                 }
                 SqlKind::Prepare { name, .. } => {
                     let client = name.value.to_string();

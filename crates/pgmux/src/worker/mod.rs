@@ -309,7 +309,9 @@ impl Worker {
         // Connect before the first session arrives: a worker started for min_pool_size has none, and one started
         // for a session connects now rather than a moment later. Without a usable credential (a SCRAM secret
         // and no client key yet), the first session's login supplies it.
-        if !matches!(self.credential, Credential::Scram { client_key: None, .. }) {
+        let awaits_credential = matches!(self.credential, Credential::Scram { client_key: None, .. })
+            || (matches!(self.credential, Credential::None) && self.credential_from_records);
+        if !awaits_credential {
             let _ = self.ensure_upstream();
         }
         let mut events = Events::with_capacity(1024);
@@ -744,6 +746,8 @@ impl Worker {
             let fresh = record.flags & FLAG_MIGRATED == 0;
             if matches!(self.credential, Credential::None) || (fresh && !offered.same_secret(&self.credential)) {
                 self.credential = offered;
+                // A failed login with the old credential says nothing about this one.
+                self.retry_at = None;
                 return;
             }
         }
@@ -751,6 +755,7 @@ impl Worker {
         if let Credential::Scram { client_key: client_key @ None, .. } = &mut self.credential {
             if let Ok(key) = <[u8; 32]>::try_from(record.scram_client_key.as_slice()) {
                 *client_key = Some(key);
+                self.retry_at = None;
             }
         }
     }
