@@ -708,7 +708,8 @@ fn worker_sigkill_under_load() {
     eprintln!(
         "pgbench: {processed} transactions, {aborted} clients aborted; the killed worker closed {lost} session(s)"
     );
-    assert!(lost <= 1, "the killed worker cost {lost} sessions, not at most its one transaction in flight");
+    // In flight at a worker: the owner's request and up to 3 plain queries pipelined behind it (`worker/riders.rs`).
+    assert!(lost <= 4, "the killed worker cost {lost} sessions, not at most its requests in flight (owner + 3 riders)");
     assert!(aborted <= lost, "{aborted} pgbench clients aborted but the killed worker closed only {lost}:\n{stderr}");
     drop(mine);
     drop(fresh);

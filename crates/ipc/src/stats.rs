@@ -34,10 +34,12 @@ pub struct Counters {
     pub server_parse_count: u64,
     /// Bind messages from clients.
     pub bind_count: u64,
+    /// Turns whose request went upstream behind another session's, before that one was answered (pipelined).
+    pub pipelined_count: u64,
 }
 
 impl Counters {
-    fn fields(&self) -> [u64; 11] {
+    fn fields(&self) -> [u64; 12] {
         [
             self.server_assignment_count,
             self.xact_count,
@@ -50,11 +52,12 @@ impl Counters {
             self.client_parse_count,
             self.server_parse_count,
             self.bind_count,
+            self.pipelined_count,
         ]
     }
 
-    fn from_fields(f: [u64; 11]) -> Counters {
-        let [server_assignment_count, xact_count, query_count, received, sent, xact_time_us, query_time_us, wait_time_us, client_parse_count, server_parse_count, bind_count] =
+    fn from_fields(f: [u64; 12]) -> Counters {
+        let [server_assignment_count, xact_count, query_count, received, sent, xact_time_us, query_time_us, wait_time_us, client_parse_count, server_parse_count, bind_count, pipelined_count] =
             f;
         Counters {
             server_assignment_count,
@@ -68,12 +71,13 @@ impl Counters {
             client_parse_count,
             server_parse_count,
             bind_count,
+            pipelined_count,
         }
     }
 
     fn zip(&self, other: &Counters, op: impl Fn(u64, u64) -> u64) -> Counters {
         let (a, b) = (self.fields(), other.fields());
-        let mut out = [0u64; 11];
+        let mut out = [0u64; 12];
         for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
             *o = op(x, y);
         }
@@ -96,7 +100,7 @@ impl Counters {
     }
 
     pub(crate) fn decode(f: &mut Fields<'_>) -> Result<Counters, WireError> {
-        let mut v = [0u64; 11];
+        let mut v = [0u64; 12];
         for slot in v.iter_mut() {
             *slot = f.u64("counters")?;
         }

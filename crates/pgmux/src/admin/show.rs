@@ -328,6 +328,7 @@ fn averages(total: &Counters, start: &Counters, window_us: u64) -> Counters {
         client_parse_count: per_sec(d.client_parse_count),
         server_parse_count: per_sec(d.server_parse_count),
         bind_count: per_sec(d.bind_count),
+        pipelined_count: per_sec(d.pipelined_count),
     }
 }
 

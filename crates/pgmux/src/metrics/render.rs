@@ -186,7 +186,7 @@ fn pools(e: &mut Exposition, snap: &Snapshot) {
     let mut pools: Vec<(&PoolInfo, PoolCounts)> = snap.pools.iter().map(|p| (p, pool_counts(p))).collect();
     pools.sort_by(|a, b| (&a.0.database, &a.0.user).cmp(&(&b.0.database, &b.0.user)));
     type Value = fn(&PoolInfo, &PoolCounts) -> String;
-    let families: [(&str, Kind, &str, Value); 16] = [
+    let families: [(&str, Kind, &str, Value); 17] = [
         (
             "pgmux_pools_client_active_connections",
             Kind::Gauge,
@@ -229,6 +229,12 @@ fn pools(e: &mut Exposition, snap: &Snapshot) {
         ("pgmux_server_assignments_total", Kind::Counter, "Times a client was given a server connection.", |p, _| {
             p.totals.server_assignment_count.to_string()
         }),
+        (
+            "pgmux_pipelined_turns_total",
+            Kind::Counter,
+            "Requests sent to a server connection behind another client's, before its reply (pgmux only).",
+            |p, _| p.totals.pipelined_count.to_string(),
+        ),
         ("pgmux_transactions_total", Kind::Counter, "Transactions pooled (an autocommit statement is one).", |p, _| {
             p.totals.xact_count.to_string()
         }),

@@ -3,10 +3,11 @@
 //! A session owns the upstream from the first message it sends until the ReadyForQuery that leaves the upstream idle
 //! outside a transaction with nothing more owed to it (transaction mode), until that ReadyForQuery whatever the
 //! transaction state (statement mode, which refuses transaction blocks), or until it leaves (session mode). Sessions
-//! with a request ready queue up in arrival order; their bytes stay in the kernel until their turn.
+//! with a request ready queue up in arrival order; their bytes stay in the kernel until their turn, unless their
+//! request may ride behind the owner's (`riders`: plain simple queries, pipelined).
 //!
 //! Everything sent upstream is recorded in `replies` (see that module) so every reply finds its session, and the
-//! upstream is handed on only when nothing is owed. Before a session's turn the upstream is brought to the
+//! upstream is handed on only when nothing is owed (or, to a rider, when nothing more is owed to the owner). Before a session's turn the upstream is brought to the
 //! session's settings (`settings`). When a client leaves mid-transaction, the worker cancels what runs, syncs,
 //! rolls back and only then serves the next session; when the upstream's state cannot be known (a message half
 //! sent, a reply that fits nothing), it drops the upstream and reconnects.
@@ -14,6 +15,7 @@
 mod client_messages;
 mod limits;
 mod replies;
+mod riders;
 mod session;
 mod settings;
 mod statements;
@@ -149,6 +151,10 @@ struct Worker {
     /// Where the rest of a large backend message being streamed goes.
     stream_owner: Option<Owner>,
     owner: Option<usize>,
+    /// Sessions whose requests went upstream behind the owner's, in order (`riders`).
+    riders: VecDeque<usize>,
+    /// Everything the owner sent this turn may have riders behind it (`riders::rideable`).
+    owner_plain: bool,
     queue: VecDeque<usize>,
     outbox: Outbox,
     needs_reset: bool,
@@ -272,6 +278,8 @@ impl Worker {
             job_error: None,
             stream_owner: None,
             owner: None,
+            riders: VecDeque::new(),
+            owner_plain: false,
             queue: VecDeque::new(),
             outbox: Outbox::new(),
             needs_reset: false,
@@ -607,7 +615,7 @@ impl Worker {
             }
         }
         let Some(s) = self.session(idx) else { return };
-        if readable && owner != Some(idx) && !s.queued {
+        if readable && owner != Some(idx) && !s.queued && !s.riding {
             s.queued = true;
             s.queued_at = Instant::now();
             self.queue.push_back(idx);
@@ -658,10 +666,20 @@ impl Worker {
                 s.sql_prepared.values().filter(|p| p.generation == generation).map(|p| p.upstream_name.clone()),
             );
         }
+        if s.riding {
+            // Its request runs (or has run) upstream for nobody, like a direct client's that disconnected after
+            // sending it; what is owed to it is swallowed.
+            self.riders.retain(|&i| i != idx);
+            self.replies.orphan(s.id);
+            return;
+        }
         if self.owner != Some(idx) {
             return;
         }
         self.owner = None;
+        // Requests of other sessions wait upstream behind this one's: its bytes cannot be cut out, and a cancel
+        // sent now could land after its query and stop theirs. Only a query_timeout cancels (its query runs long).
+        let chain = !self.riders.is_empty();
         let Some(up) = self.upstream.as_mut() else { return };
         if s.passthrough > 0 {
             // Half a message went upstream: the protocol state cannot be recovered.
@@ -669,14 +687,14 @@ impl Worker {
             self.drop_upstream("client left in the middle of a message");
             return;
         }
-        if s.turn_sent && up.sent_total <= s.turn_start {
+        if !chain && s.turn_sent && up.sent_total <= s.turn_start {
             // Nothing of this turn has reached PostgreSQL yet (a request followed by the client's EOF): take it
             // back rather than run it for nobody.
             let cut = up.out_pos + (s.turn_start - up.sent_total) as usize;
             up.outbuf.truncate(cut);
             self.replies.forget_unsent(s.id);
         }
-        let running = self.replies.owes(s.id);
+        let running = self.replies.owes(s.id) && (!chain || error.is_some_and(|(code, _)| code == "57014"));
         self.replies.orphan(s.id);
         if running {
             // The cancel must not overtake the query it is meant for: let the query reach the server first.
@@ -719,6 +737,9 @@ impl Worker {
 
     fn cancel(&mut self, session_id: u64) {
         let Some(&idx) = self.by_id.get(&session_id) else { return };
+        if self.cancel_rider(idx) {
+            return;
+        }
         if self.owner != Some(idx) || !self.replies.owes(session_id) {
             debug!("s{session_id}: cancel ignored, nothing of it runs");
             return;
@@ -833,7 +854,11 @@ impl Worker {
         self.stream_owner = None;
         self.needs_reset = false;
         self.needs_unpin = false;
-        if let Some(idx) = self.owner.take() {
+        let lost: Vec<usize> = self.owner.take().into_iter().chain(self.riders.drain(..)).collect();
+        for idx in lost {
+            if let Some(s) = self.session(idx) {
+                s.riding = false;
+            }
             self.close_session(idx, reason, Some(("08006", &format!("pgmux: server connection lost: {reason}"))));
         }
         self.send_supervisor(Msg::WorkerStatus { upstream_up: false, sessions: self.by_id.len() as u32 });
@@ -859,6 +884,7 @@ impl Worker {
             let mut progress = self.flush_upstream();
             progress |= self.read_upstream();
             progress |= self.read_owner();
+            progress |= self.take_riders();
             progress |= self.flush_upstream();
             progress |= self.settle();
             if !progress {
@@ -904,6 +930,9 @@ impl Worker {
                     break;
                 }
             }
+            if !self.riders.is_empty() && self.riders_backlog() > HIGH_WATER {
+                break;
+            }
             let Some(up) = self.upstream.as_mut() else { break };
             if !up.readable {
                 break;
@@ -932,6 +961,9 @@ impl Worker {
         }
         if progress {
             self.flush_owner();
+            if !self.riders.is_empty() {
+                self.flush_riders();
+            }
             self.check_release();
         }
         progress
@@ -1261,6 +1293,10 @@ impl Worker {
             // Its settings are being applied or read back; its request waits in the kernel until that is done.
             return false;
         }
+        if !self.riders.is_empty() {
+            // Others' requests wait upstream behind its own: its next one waits for a turn after theirs.
+            return false;
+        }
         if !self.owner_exposed {
             // Exposed before a byte of its request is read (see `board.rs`).
             self.owner_exposed = true;
@@ -1365,6 +1401,9 @@ impl Worker {
                 s.turn_start = up.sent_total + (up.outbuf.len() - up.out_pos) as u64;
             }
             self.stats.client_message(h.tag, total.min(avail));
+            if self.owner_plain && self.owner == Some(idx) {
+                self.owner_plain = avail >= total && riders::rideable(rest.get(..total).unwrap_or_default());
+            }
             if avail >= total {
                 let msg = rest.get(..total).unwrap_or_default();
                 if rewrite {
@@ -1439,9 +1478,26 @@ impl Worker {
 
     /// Hand the upstream back when the owner's transaction is over and nothing is owed.
     fn check_release(&mut self) {
+        loop {
+            self.release_turn();
+            // The next rider's request is upstream already: it owns the upstream from now (and may be answered
+            // already, so look again).
+            if self.owner.is_some() || !self.promote_rider() {
+                return;
+            }
+        }
+    }
+
+    /// End the owner's turn if it is over.
+    fn release_turn(&mut self) {
         let Some(idx) = self.owner else { return };
         let Some(up) = self.upstream.as_ref() else { return };
-        if !self.replies.is_empty() || self.replies.needs_sync() || !self.jobs.is_empty() {
+        let owed = match self.riders.is_empty() {
+            true => !self.replies.is_empty(),
+            // Riders' entries follow the owner's; only its own count.
+            false => self.sessions.get(idx).and_then(|s| s.as_ref()).is_none_or(|s| self.replies.owes(s.id)),
+        };
+        if owed || self.replies.needs_sync() || !self.jobs.is_empty() {
             return;
         }
         let status = up.txn_status;
@@ -1516,6 +1572,11 @@ impl Worker {
     fn settle(&mut self) -> bool {
         let mut progress = false;
         loop {
+            if self.owner.is_none() && !self.riders.is_empty() {
+                // The owner left with riders behind it.
+                self.check_release();
+                progress = true;
+            }
             if self.owner.is_some() || !self.replies.is_empty() || !self.jobs.is_empty() {
                 return progress;
             }
@@ -1609,6 +1670,7 @@ impl Worker {
 
     fn begin_turn(&mut self, idx: usize) {
         self.owner = Some(idx);
+        self.owner_plain = true;
         self.owner_active_at = Instant::now();
         self.turn_started = self.owner_active_at;
         // Not exposed yet: pgmux may first apply its settings; `read_owner` publishes it before reading.
@@ -1625,6 +1687,7 @@ impl Worker {
         }
         let Some(s) = self.session(idx) else { return };
         s.turn_sent = false;
+        s.ride_refused = false;
         let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
         let Some(up) = self.upstream.as_ref() else { return };
         if up.applied_for == Some(s.id) {
@@ -1740,6 +1803,11 @@ impl Worker {
             exposed
         });
         self.watch = watch;
+        for &i in &self.riders {
+            if let Some(s) = self.sessions.get(i).and_then(|s| s.as_ref()) {
+                ids.push(s.id);
+            }
+        }
         let state = if self.draining || self.shutting_down {
             board::State::Draining
         } else if self.upstream.is_none() {
@@ -1781,7 +1849,7 @@ impl Worker {
             return false;
         }
         let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) else { return false };
-        if s.passthrough > 0 || !matches!(s.flush(), Ok(true)) {
+        if s.riding || s.passthrough > 0 || !matches!(s.flush(), Ok(true)) {
             return false; // replies still on their way to the client stay with this worker until written
         }
         let mut record = s.to_record();
@@ -1935,7 +2003,7 @@ impl Worker {
                 .filter(|&i| {
                     self.owner != Some(i)
                         && self.sessions.get(i).and_then(|s| s.as_ref()).is_some_and(|s| {
-                            !s.queued && s.pending_out() == 0 && now.duration_since(s.idle_since) > limit
+                            !s.queued && !s.riding && s.pending_out() == 0 && now.duration_since(s.idle_since) > limit
                         })
                 })
                 .collect();

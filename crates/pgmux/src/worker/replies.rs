@@ -13,8 +13,9 @@
 //! typically sends Bind/Execute/Sync before its CopyData, so when the CopyInResponse arrives, the Sync entries queued
 //! behind the COPY up to the client's CopyDone/CopyFail are removed.
 //!
-//! The worker may hand the upstream to another session only when this queue is empty, so a reply can never reach
-//! the wrong client. A backend message that fits no entry is a desynchronisation: the worker must drop the upstream.
+//! The worker may hand the upstream to another session only when this queue is empty, or, to a session whose plain
+//! simple query was pipelined behind the owner's (`riders`), when nothing more is owed to the owner: every entry
+//! names its session, so a reply can never reach the wrong client. A backend message that fits no entry is a desynchronisation: the worker must drop the upstream.
 
 use std::collections::VecDeque;
 use std::fmt;

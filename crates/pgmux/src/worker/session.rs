@@ -78,6 +78,14 @@ pub struct Session {
     pub report_unsent: bool,
     /// Its state could not be reported: if this worker dies, the session dies with it.
     pub unrecoverable: bool,
+    /// Its request went upstream behind the owner's (`riders`); it owns the upstream when that one is answered.
+    pub riding: bool,
+    /// When its request went upstream as a rider.
+    pub ride_sent_at: std::time::Instant,
+    /// Its bytes were read for riding and are not a request that may ride: it waits for a turn of its own.
+    pub ride_refused: bool,
+    /// A cancel request arrived while it was riding: sent once it owns the upstream.
+    pub cancel_pending: bool,
 }
 
 impl Session {
@@ -119,6 +127,10 @@ impl Session {
             report_after_turn: false,
             report_unsent: false,
             unrecoverable: false,
+            riding: false,
+            ride_sent_at: std::time::Instant::now(),
+            ride_refused: false,
+            cancel_pending: false,
         };
         s.refresh_ctx();
         s

@@ -98,10 +98,15 @@ pub fn parse_options(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The upstream already has exactly these settings (no allocation).
+pub fn same(current: &HashMap<String, String>, wanted: &[(String, String)]) -> bool {
+    current.len() == wanted.len() && wanted.iter().all(|(n, v)| current.get(n) == Some(v))
+}
+
 /// SQL that takes an upstream from `current` to `wanted`, or None when they already agree.
 pub fn diff_sql(current: &HashMap<String, String>, wanted: &[(String, String)]) -> Option<String> {
     // The common case, checked without allocating: every session of the pool has the same settings.
-    if current.len() == wanted.len() && wanted.iter().all(|(n, v)| current.get(n) == Some(v)) {
+    if same(current, wanted) {
         return None;
     }
     let mut sql = String::new();

@@ -226,7 +226,7 @@ impl Worker {
             .enumerate()
             .filter_map(|(idx, s)| s.as_ref().map(|s| (idx, s)))
             .map(|(idx, s)| {
-                let active = self.owner == Some(idx);
+                let active = self.owner == Some(idx) || s.riding;
                 let state = if active {
                     SessionState::Active
                 } else if s.queued {

@@ -1,0 +1,284 @@
+//! Riders (`worker/riders.rs`): queued sessions whose simple queries go upstream behind the owner's before its reply
+//! is back. Against the real binary and PostgreSQL, over a pool of one so that every session queues: replies reach
+//! the session that asked, under load, byte for byte; a session's own settings, transactions and state-changing
+//! statements never ride or leak; a cancel for a pipelined query stops that query and not the one ahead of it; a
+//! client that leaves while its query waits upstream costs nobody else anything. `pgmux_pipelined_turns_total`
+//! proves that requests did ride, so none of this passes by never pipelining.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use pgmux_tests::util::free_port;
+use pgmux_tests::{wait_until, with_deadline, Pgmux, PgmuxConfig};
+use postgres::SimpleQueryMessage;
+
+/// pgmux over a pool of one, with the metrics endpoint.
+fn start() -> (Pgmux, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = PgmuxConfig::new().set("default_pool_size", "1").set("metrics_listen", &format!("\"{addr}\""));
+    (Pgmux::start(config), addr)
+}
+
+/// `pgmux_pipelined_turns_total` of appdb/alice; 0 before the pool's first session (it has no series yet).
+fn pipelined(addr: SocketAddr) -> f64 {
+    pipelined_series(addr).unwrap_or(0.0)
+}
+
+/// `pgmux_pipelined_turns_total` of appdb/alice, if the pool has its series.
+fn pipelined_series(addr: SocketAddr) -> Option<f64> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find(|l| {
+            l.starts_with("pgmux_pipelined_turns_total{")
+                && l.contains("database=\"appdb\"")
+                && l.contains("user=\"alice\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap_or_else(|e| panic!("pgmux_pipelined_turns_total {v:?}: {e}")))
+}
+
+fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Twenty sessions over one upstream, each asking for values only it knows, with its own work_mem, some of them
+/// inside transactions and some making errors: every reply is its own, and many requests rode.
+#[test]
+fn pipelined_replies_reach_their_own_sessions() {
+    let (pgmux, addr) = start();
+    let mut setup = pgmux.client("appdb", "alice");
+    setup.batch_execute("DROP TABLE IF EXISTS pipe_t; CREATE TABLE pipe_t (id int PRIMARY KEY, v int)").unwrap();
+    setup.batch_execute("INSERT INTO pipe_t SELECT g, 0 FROM generate_series(0, 19) g").unwrap();
+    let before = pipelined(addr);
+    with_deadline(&pgmux, Duration::from_secs(120), || {
+        std::thread::scope(|scope| {
+            for i in 0..20i32 {
+                let pgmux = &pgmux;
+                scope.spawn(move || {
+                    let mut c = pgmux.client("appdb", "alice");
+                    // Half of them change a setting: their plain queries ride only behind the same settings.
+                    let work_mem = if i % 2 == 0 { format!("{}kB", 3001 + i) } else { "4MB".to_string() };
+                    if i % 2 == 0 {
+                        c.batch_execute(&format!("SET work_mem = '{work_mem}'")).unwrap();
+                    }
+                    for q in 0..150i32 {
+                        let got = rows(
+                            &c.simple_query(&format!(
+                                "SELECT {i}, {q}, current_setting('work_mem'), repeat('x', {})",
+                                (i * 37 + q) % 200
+                            ))
+                            .unwrap(),
+                        );
+                        let want = vec![vec![
+                            i.to_string(),
+                            q.to_string(),
+                            work_mem.clone(),
+                            "x".repeat(((i * 37 + q) % 200) as usize),
+                        ]];
+                        assert_eq!(got, want, "session {i}, query {q}");
+                        match q % 25 {
+                            // A transaction of its own: its uncommitted write is visible to it alone.
+                            7 => {
+                                c.simple_query("BEGIN").unwrap();
+                                c.simple_query(&format!("UPDATE pipe_t SET v = v + 1000 WHERE id = {i}")).unwrap();
+                                let mine =
+                                    rows(&c.simple_query(&format!("SELECT v FROM pipe_t WHERE id = {i}")).unwrap());
+                                assert_eq!(mine[0][0].parse::<i32>().unwrap() % 1000, q / 25, "session {i}");
+                                assert!(mine[0][0].parse::<i32>().unwrap() >= 1000);
+                                c.simple_query(&format!("UPDATE pipe_t SET v = v - 1000 + 1 WHERE id = {i}")).unwrap();
+                                c.simple_query("COMMIT").unwrap();
+                            }
+                            // An error ends its own implicit transaction only.
+                            13 => {
+                                let e = c.simple_query("SELECT 1/0").unwrap_err();
+                                assert_eq!(e.code().map(|c| c.code()), Some("22012"), "session {i}: {e}");
+                            }
+                            _ => {}
+                        }
+                    }
+                    // Nobody saw another session's +1000 while it was uncommitted, and every commit counted once.
+                    let v = rows(&c.simple_query(&format!("SELECT v FROM pipe_t WHERE id = {i}")).unwrap());
+                    assert_eq!(v, vec![vec!["6".to_string()]], "session {i}");
+                });
+            }
+        })
+    });
+    let rode = pipelined_series(addr).expect("no pgmux_pipelined_turns_total for appdb/alice after the load") - before;
+    eprintln!("pipelined turns: {rode}");
+    assert!(rode >= 100.0, "only {rode} requests rode behind another session's over one upstream under load");
+    assert!(!pgmux.log().contains("panicked"), "{}", pgmux.log());
+}
+
+/// Raw startup and a simple Query over TCP, so that two sessions' queries can reach pgmux microseconds apart.
+struct Raw {
+    s: TcpStream,
+    pid: i32,
+    key: i32,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in [("user", "alice"), ("database", "appdb")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        s.write_all(&msg).unwrap();
+        let mut raw = Raw { s, pid: 0, key: 0 };
+        loop {
+            let (tag, body) = raw.read_msg();
+            match tag {
+                b'R' => {
+                    let code = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    assert_eq!(code, 0, "the fixture's pgmux trusts its clients");
+                }
+                b'K' => {
+                    raw.pid = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    raw.key = i32::from_be_bytes(body[4..8].try_into().unwrap());
+                }
+                b'Z' => return raw,
+                b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+                _ => {}
+            }
+        }
+    }
+
+    fn read_msg(&mut self) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        self.s.read_exact(&mut head).unwrap();
+        let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.s.read_exact(&mut body).unwrap();
+        (head[0], body)
+    }
+
+    fn send_query(&mut self, sql: &str) {
+        let mut q = vec![b'Q'];
+        q.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        q.extend_from_slice(sql.as_bytes());
+        q.push(0);
+        self.s.write_all(&q).unwrap();
+    }
+
+    /// Up to ReadyForQuery: the SQLSTATE of an error, if any.
+    fn finish(&mut self) -> Option<String> {
+        let mut code = None;
+        loop {
+            let (tag, body) = self.read_msg();
+            match tag {
+                b'E' => {
+                    let mut fields = body.split(|&b| b == 0);
+                    code = fields.find(|f| f.first() == Some(&b'C')).map(|f| String::from_utf8_lossy(&f[1..]).into());
+                }
+                b'Z' => return code,
+                _ => {}
+            }
+        }
+    }
+
+    fn cancel(&self, port: u16) {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut msg = 16i32.to_be_bytes().to_vec();
+        msg.extend_from_slice(&80877102i32.to_be_bytes());
+        msg.extend_from_slice(&self.pid.to_be_bytes());
+        msg.extend_from_slice(&self.key.to_be_bytes());
+        c.write_all(&msg).unwrap();
+        let _ = c.read(&mut [0u8; 1]);
+    }
+}
+
+/// B's query waits upstream behind A's; B's client cancels it. A's query finishes untouched, B's is cancelled once
+/// it runs rather than run to its end. Repeated until B did ride (two queries sent microseconds apart almost always
+/// make the second a rider; the log says which happened).
+#[test]
+fn cancel_of_a_pipelined_query_stops_that_query_only() {
+    let (pgmux, addr) = start();
+    let port = pgmux.port();
+    let mut rode_once = false;
+    for attempt in 0..8 {
+        let before = pipelined(addr);
+        let mut a = Raw::connect(port);
+        let mut b = Raw::connect(port);
+        let started = Instant::now();
+        a.send_query("SELECT pg_sleep(0.6)");
+        b.send_query("SELECT pg_sleep(6)");
+        std::thread::sleep(Duration::from_millis(200));
+        let rode = pipelined(addr) - before >= 1.0;
+        b.cancel(port);
+        let a_result = a.finish();
+        let b_result = b.finish();
+        let b_done = started.elapsed();
+        eprintln!("attempt {attempt}: rode={rode} a={a_result:?} b={b_result:?} after {b_done:?}");
+        if !rode {
+            continue;
+        }
+        rode_once = true;
+        assert_eq!(a_result, None, "the query ahead of the cancelled one was hit");
+        assert_eq!(b_result.as_deref(), Some("57014"), "the pipelined query was not cancelled");
+        assert!(b_done < Duration::from_secs(4), "the cancel waited for the query to end: {b_done:?}");
+        wait_until(Duration::from_secs(5), "the worker to log that it held the cancel", || {
+            pgmux.log().contains("cancel held until its request runs")
+        });
+        // Both sessions carry on.
+        a.send_query("SELECT 1");
+        assert_eq!(a.finish(), None);
+        b.send_query("SELECT 1");
+        assert_eq!(b.finish(), None);
+        break;
+    }
+    assert!(rode_once, "in 8 attempts, the second of two queries sent together never rode");
+}
+
+/// A client that leaves while its query waits upstream: the query runs for nobody, its reply is dropped, and the
+/// sessions around it get exactly their own replies.
+#[test]
+fn a_rider_that_leaves_costs_nobody_else() {
+    let (pgmux, addr) = start();
+    let port = pgmux.port();
+    let before = pipelined(addr);
+    for round in 0..20 {
+        let mut a = Raw::connect(port);
+        let mut gone = Raw::connect(port);
+        let mut c = Raw::connect(port);
+        a.send_query("SELECT pg_sleep(0.05), 'a'");
+        gone.send_query("SELECT repeat('g', 100000)");
+        c.send_query(&format!("SELECT 'c{round}'"));
+        gone.s.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(gone);
+        assert_eq!(a.finish(), None, "round {round}");
+        // c's reply is its own: read the DataRow.
+        let mut got = None;
+        loop {
+            let (tag, body) = c.read_msg();
+            match tag {
+                b'D' => got = Some(String::from_utf8_lossy(&body[6..]).to_string()),
+                b'E' => panic!("round {round}: {}", String::from_utf8_lossy(&body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        assert_eq!(got.as_deref(), Some(format!("c{round}").as_str()), "round {round}");
+    }
+    assert!(pipelined(addr) - before >= 1.0, "nothing rode in 20 rounds");
+    let mut check = pgmux.client("appdb", "alice");
+    assert_eq!(check.query_one("SELECT 41 + 1", &[]).unwrap().get::<_, i32>(0), 42);
+}
