@@ -441,8 +441,8 @@ pub(crate) mod tests {
         let r = WorkerReport { sessions: sample().sessions, ..WorkerReport::default() };
         let mut buf = Vec::new();
         r.encode(&mut buf);
-        // counters 88 + upstream flag 1 + 3 flags + count 4 + session id 8 → state byte
-        buf[88 + 1 + 3 + 4 + 8] = 9;
+        // counters 12 × 8 + upstream flag 1 + 3 flags + count 4 + session id 8 → state byte
+        buf[96 + 1 + 3 + 4 + 8] = 9;
         assert_eq!(WorkerReport::decode(&buf), Err(WireError::InvalidValue("session state")));
     }
 
