@@ -254,6 +254,28 @@ impl Board {
         }
         (idle, all)
     }
+
+    /// The slots that hold workers of `pool` other than `me`, into `out` (a scan of the whole board: callers keep the
+    /// list for a while and check it with [`Board::any_idle`]).
+    pub fn sibling_slots(&self, pool: usize, me: usize, out: &mut Vec<usize>) {
+        let want = u32::try_from(pool + 1).unwrap_or(0);
+        out.clear();
+        out.extend(
+            self.slots()
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| *i != me && s.pool.load(Ordering::Relaxed) == want)
+                .map(|(i, _)| i),
+        );
+    }
+
+    /// Whether one of `slots` holds an idle worker of `pool` (a few loads: the per-request check).
+    pub fn any_idle(&self, pool: usize, slots: &[usize]) -> bool {
+        let want = u32::try_from(pool + 1).unwrap_or(0);
+        slots.iter().filter_map(|&i| self.slots().get(i)).any(|s| {
+            s.pool.load(Ordering::Relaxed) == want && State::from_code(s.state.load(Ordering::Relaxed)) == State::Idle
+        })
+    }
 }
 
 impl Drop for Board {

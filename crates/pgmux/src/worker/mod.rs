@@ -153,8 +153,11 @@ struct Worker {
     owner: Option<usize>,
     /// Sessions whose requests went upstream behind the owner's, in order (`riders`).
     riders: VecDeque<usize>,
-    /// Everything the owner sent this turn may have riders behind it (`riders::rideable`).
+    /// Everything the owner sent this turn may have riders behind it (`riders`).
     owner_plain: bool,
+    /// Board slots of this pool's other workers, and when they were last looked up (`riders`).
+    sibling_slots: Vec<usize>,
+    siblings_seen_at: Option<Instant>,
     queue: VecDeque<usize>,
     outbox: Outbox,
     needs_reset: bool,
@@ -280,6 +283,8 @@ impl Worker {
             owner: None,
             riders: VecDeque::new(),
             owner_plain: false,
+            sibling_slots: Vec::new(),
+            siblings_seen_at: None,
             queue: VecDeque::new(),
             outbox: Outbox::new(),
             needs_reset: false,
@@ -1401,12 +1406,13 @@ impl Worker {
                 s.turn_start = up.sent_total + (up.outbuf.len() - up.out_pos) as u64;
             }
             self.stats.client_message(h.tag, total.min(avail));
-            if self.owner_plain && self.owner == Some(idx) {
-                self.owner_plain = avail >= total && riders::rideable(rest.get(..total).unwrap_or_default());
-            }
+            let is_owner = self.owner == Some(idx);
             if avail >= total {
                 let msg = rest.get(..total).unwrap_or_default();
                 if rewrite {
+                    if self.owner_plain && is_owner {
+                        self.owner_plain = self.owner_message_plain(idx, msg);
+                    }
                     self.client_message(idx, id, h.tag, msg);
                 } else {
                     up.outbuf.extend_from_slice(msg);
@@ -1414,6 +1420,9 @@ impl Worker {
                 }
                 pos += total;
             } else {
+                if is_owner {
+                    self.owner_plain = false;
+                }
                 up.outbuf.extend_from_slice(rest);
                 self.replies.push(Owner::Session(id), h.tag, Disposition::Forward);
                 s.passthrough = total - avail;

@@ -6,13 +6,17 @@
 //! the backend goes from one to the next without waiting, and both sides read several messages per system call. This
 //! is what lets a worker keep up when another worker of its pool is held by a session idle in a transaction.
 //!
-//! Only requests that cannot change what the next one sees ride: whole simple Query messages in which the SQL lexer
-//! finds nothing (no transaction control, settings, set_config, prepared statements, LISTEN, DISCARD, backend-held
-//! state) and that never mention COPY (PostgreSQL would take the next session's Query for COPY data). Each runs as
-//! its own implicit transaction and ends with ReadyForQuery 'I', as a turn must, and leaves the upstream's state as
-//! it found it. The owner's own turn must consist of such requests, and a rider must expect exactly the settings the
-//! upstream has. Replies already name their session entry by entry (`replies`); when the one ahead has had its
-//! ReadyForQuery, the next rider becomes the owner (`promote_rider`) and its turn ends like any other.
+//! Only requests that cannot change what the next one sees ride, and only whole ones: simple Query messages, and
+//! extended-protocol batches (Parse, Bind, Describe, Execute) closed by their Sync, whose SQL (the Query's text, the
+//! Parse's, or the text of the statement a Bind uses) the SQL lexer finds nothing in (no transaction control,
+//! settings, set_config, prepared statements, LISTEN, DISCARD, backend-held state) and that never mentions COPY
+//! (PostgreSQL would take the next session's messages for COPY data). Each runs as its own implicit transaction and
+//! ends with ReadyForQuery 'I', as a turn must, and leaves the upstream's state as it found it; an error in one makes
+//! PostgreSQL skip only to that request's own Sync. The owner's own turn must consist of such requests, and a rider
+//! must expect exactly the settings the upstream has. Prepared statements are mapped as for any turn (a rider's Bind
+//! may be preceded by the Parse its statement needs upstream). Replies already name their session entry by entry
+//! (`replies`); when the one ahead has had its ReadyForQuery, the next rider becomes the owner (`promote_rider`) and
+//! its turn ends like any other.
 //!
 //! A request that has gone upstream cannot be taken back, and waiting behind a long turn is what migration exists to
 //! avoid. So sessions ride only while the owner's request is younger than `RIDE_WINDOW` (a slow query can catch only
@@ -30,6 +34,8 @@ use log::{debug, info, warn};
 use pgmux_config::PoolMode;
 use pgmux_proto::{frame, frontend as fe, sql};
 
+use super::session::Session;
+use super::statements::wire;
 use super::{settings, upstream, Worker, READ_CHUNK, STREAM_THRESHOLD};
 use crate::net::ReadOutcome;
 
@@ -37,30 +43,78 @@ use crate::net::ReadOutcome;
 pub(super) const MAX_RIDERS: usize = 3;
 /// Sessions ride behind an owner's request only this soon after it was sent (see the module header).
 pub(super) const RIDE_WINDOW: Duration = Duration::from_millis(2);
+/// How long a worker trusts its list of sibling slots.
+const SIBLINGS_REFRESH: Duration = Duration::from_millis(100);
 
-/// A whole client message that may ride, or run at the head of a chain of riders.
-pub(super) fn rideable(msg: &[u8]) -> bool {
-    let Some(h) = frame::peek_header(msg) else { return false };
-    if h.tag != b'Q' || h.len < 4 || msg.len() != h.total_len() {
-        return false;
-    }
-    let Ok(text) = fe::parse_query(msg.get(frame::HEADER_LEN..).unwrap_or_default()) else { return false };
+/// Running `text` leaves the session's and the upstream's state as they were, and ends where it began (outside a
+/// transaction): the SQL lexer finds nothing in it, and it never mentions COPY.
+pub(super) fn plain_sql(text: &str) -> bool {
     !mentions_copy(text.as_bytes()) && !sql::may_be_interesting(text) && sql::pins(text) == 0 && sql::unpins(text) == 0
 }
 
-/// `buf` is one or more whole messages, every one of them rideable.
-fn all_rideable(buf: &[u8]) -> bool {
+/// Whether one whole client message keeps a batch plain: a simple Query or a Parse of plain SQL, a Bind of a plain
+/// statement (`unnamed`: the unnamed statement it would use is; `named`: whether a named one is), Describe, Execute,
+/// Sync. Anything else (Close, Flush, COPY data, function calls) is not.
+fn message_plain(tag: u8, body: &[u8], unnamed: bool, named: &dyn Fn(&str) -> bool) -> bool {
+    match tag {
+        b'Q' => fe::parse_query(body).is_ok_and(plain_sql),
+        b'P' => fe::parse_parse(body).is_ok_and(|p| plain_sql(p.query)),
+        b'B' => match wire::split_bind(body) {
+            Some((_, "", _)) => unnamed,
+            Some((_, name, _)) => named(name),
+            None => false,
+        },
+        b'D' | b'E' | b'S' => true,
+        _ => false,
+    }
+}
+
+/// `buf` holds one or more whole requests that may ride: plain messages only, each batch of extended protocol
+/// messages closed by its Sync. `unnamed` and `named` say which of the session's statements are plain.
+fn batch_rideable(buf: &[u8], unnamed: bool, named: &dyn Fn(&str) -> bool) -> bool {
     let mut pos = 0;
+    let mut synced = true;
+    // The unnamed statement and the names this batch prepares, as they will be once the messages ahead are handled.
+    let mut unnamed = unnamed;
+    let mut here: Vec<&str> = Vec::new();
     while pos < buf.len() {
         let rest = buf.get(pos..).unwrap_or_default();
         let Some(h) = frame::peek_header(rest) else { return false };
         let total = h.total_len();
-        if h.len < 4 || total > rest.len() || !rideable(rest.get(..total).unwrap_or_default()) {
+        if h.len < 4 || total > rest.len() {
             return false;
+        }
+        let body = rest.get(frame::HEADER_LEN..total).unwrap_or_default();
+        let known = |n: &str| here.contains(&n) || named(n);
+        if !message_plain(h.tag, body, unnamed, &known) || (h.tag == b'Q' && !synced) {
+            return false;
+        }
+        match h.tag {
+            b'P' => {
+                if let Ok(p) = fe::parse_parse(body) {
+                    if p.name.is_empty() {
+                        unnamed = true;
+                    } else {
+                        here.push(p.name);
+                    }
+                }
+                synced = false;
+            }
+            b'S' | b'Q' => synced = true,
+            _ => synced = false,
         }
         pos += total;
     }
-    pos > 0
+    pos > 0 && synced
+}
+
+fn unnamed_plain(s: &Session) -> bool {
+    s.unnamed.as_ref().is_some_and(|d| d.plain)
+}
+
+/// What a would-be rider has read may ride.
+fn session_batch_rideable(s: &Session) -> bool {
+    batch_rideable(&s.inbuf, unnamed_plain(s), &|n: &str| s.prepared.get(n).is_some_and(|d| d.plain))
 }
 
 /// "copy" in any case, anywhere: conservative, a table named copy_log only costs the chance to ride.
@@ -106,7 +160,7 @@ impl Worker {
         if !self.ride_open() {
             return false;
         }
-        if self.can_migrate && self.ctx.board.siblings(self.ctx.pool, self.ctx.board_slot).0 > 0 {
+        if self.can_migrate && self.idle_sibling() {
             return false; // an idle sibling may take them, and nothing here is committed to this upstream yet
         }
         let mut progress = false;
@@ -137,7 +191,7 @@ impl Worker {
                 continue; // it left; `close_session` took it off the riders
             }
             let Some(s) = self.sessions.get_mut(idx).and_then(|s| s.as_mut()) else { break };
-            if !all_rideable(&s.inbuf) {
+            if !session_batch_rideable(s) {
                 // Not a request that may ride (or nothing at all): it keeps its place and waits for its turn.
                 s.riding = false;
                 s.ride_refused = true;
@@ -158,6 +212,17 @@ impl Worker {
             self.forward_client_input(idx);
         }
         progress
+    }
+
+    /// Whether another worker of the pool is idle. Which slots hold siblings is looked up on the whole board at most
+    /// every `SIBLINGS_REFRESH` (a worker started since then is missed until the next look).
+    fn idle_sibling(&mut self) -> bool {
+        let now = Instant::now();
+        if self.siblings_seen_at.is_none_or(|t| now.duration_since(t) > SIBLINGS_REFRESH) {
+            self.siblings_seen_at = Some(now);
+            self.ctx.board.sibling_slots(self.ctx.pool, self.ctx.board_slot, &mut self.sibling_slots);
+        }
+        self.ctx.board.any_idle(self.ctx.pool, &self.sibling_slots)
     }
 
     /// Read what a would-be rider has sent (a few reads at most). False if it left.
@@ -185,6 +250,15 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Whether the owner's next whole message (`msg`, tag included) keeps its turn one that riders may follow.
+    pub(super) fn owner_message_plain(&self, idx: usize, msg: &[u8]) -> bool {
+        let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return false };
+        let Some(h) = frame::peek_header(msg) else { return false };
+        // The session's unnamed statement and names are current: its earlier messages have been handled.
+        let named = |n: &str| s.prepared.get(n).is_some_and(|d| d.plain);
+        message_plain(h.tag, msg.get(frame::HEADER_LEN..).unwrap_or_default(), unnamed_plain(s), &named)
     }
 
     /// The owner's turn is over: the first rider becomes the owner. False if there is none.
@@ -269,16 +343,44 @@ mod tests {
         out
     }
 
-    #[test]
-    fn plain_queries_ride() {
-        assert!(rideable(&q("SELECT abalance FROM pgbench_accounts WHERE aid = 42;")));
-        assert!(rideable(&q("UPDATE t SET v = v + 1 WHERE id = 3")));
-        assert!(rideable(&q("select 1; select 2")));
-        assert!(all_rideable(&[q("SELECT 1"), q("SELECT 2")].concat()));
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn parse(name: &str, text: &str) -> Vec<u8> {
+        msg(b'P', &[name.as_bytes(), b"\0", text.as_bytes(), b"\0\0\0"].concat())
+    }
+
+    fn bind(stmt: &str) -> Vec<u8> {
+        msg(b'B', &[b"\0", stmt.as_bytes(), b"\0\0\0\0\0\0\0"].concat())
+    }
+
+    fn execute() -> Vec<u8> {
+        msg(b'E', b"\0\0\0\0\0")
+    }
+
+    fn sync() -> Vec<u8> {
+        msg(b'S', b"")
+    }
+
+    /// Rideable for a session whose unnamed statement is not plain and whose only named statement is "good".
+    fn rides(parts: &[Vec<u8>]) -> bool {
+        batch_rideable(&parts.concat(), false, &|n: &str| n == "good")
     }
 
     #[test]
-    fn state_changing_queries_do_not_ride() {
+    fn plain_simple_queries_ride() {
+        assert!(rides(&[q("SELECT abalance FROM pgbench_accounts WHERE aid = 42;")]));
+        assert!(rides(&[q("UPDATE t SET v = v + 1 WHERE id = 3")]));
+        assert!(rides(&[q("select 1; select 2")]));
+        assert!(rides(&[q("SELECT 1"), q("SELECT 2")]));
+    }
+
+    #[test]
+    fn state_changing_sql_never_rides() {
         for text in [
             "BEGIN",
             "select 1; commit",
@@ -293,21 +395,42 @@ mod tests {
             "select 1; copy t from stdin",
             "SELECT * FROM copy_log",
         ] {
-            assert!(!rideable(&q(text)), "{text} must not ride");
+            assert!(!plain_sql(text), "{text} must not ride");
+            assert!(!rides(&[q(text)]), "{text} must not ride");
+            assert!(!rides(&[parse("", text), bind(""), execute(), sync()]), "{text} must not ride (extended)");
         }
     }
 
     #[test]
-    fn only_whole_simple_queries_ride() {
+    fn extended_batches_ride_when_closed_and_plain() {
+        // pgbench -M extended: the unnamed statement, parsed in the batch.
+        assert!(rides(&[parse("", "SELECT 1"), bind(""), msg(b'D', b"P\0"), execute(), sync()]));
+        // -M prepared, after the first use: a named statement the session has, plain.
+        assert!(rides(&[bind("good"), execute(), sync()]));
+        // Prepared in this very batch.
+        assert!(rides(&[parse("fresh", "SELECT 2"), bind("fresh"), execute(), sync()]));
+        // Two batches.
+        assert!(rides(&[bind("good"), execute(), sync(), q("SELECT 3")]));
+        // Not closed by a Sync: the upstream would wait inside the batch.
+        assert!(!rides(&[bind("good"), execute()]));
+        assert!(!rides(&[parse("", "SELECT 1"), bind(""), execute(), msg(b'H', b"")]));
+        // The session's unnamed statement is not plain, or the statement is unknown or not plain.
+        assert!(!rides(&[bind(""), execute(), sync()]));
+        assert!(!rides(&[bind("other"), execute(), sync()]));
+        // A simple query inside an unsynced batch; a Close; a function call.
+        assert!(!rides(&[parse("", "SELECT 1"), q("SELECT 1"), sync()]));
+        assert!(!rides(&[msg(b'C', b"Sx\0"), sync()]));
+        assert!(!rides(&[msg(b'F', b"\0\0\0\x01\0\0\0\0\0\0"), sync()]));
+    }
+
+    #[test]
+    fn only_whole_messages_ride() {
         let whole = q("SELECT 1");
-        assert!(!all_rideable(&whole[..whole.len() - 1]), "a partial message");
-        assert!(!all_rideable(&[]), "nothing");
-        // Parse "" "SELECT 1" no types: the extended protocol never rides.
-        let parse = [b'P', 0, 0, 0, 16, 0, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0, 0, 0];
-        assert!(!all_rideable(&parse));
-        assert!(!all_rideable(&[whole.clone(), parse.to_vec()].concat()));
-        // A length that lies.
-        assert!(!all_rideable(&[b'Q', 0, 0, 0, 2]));
-        assert!(!all_rideable(&[b'Q', 0xff, 0xff, 0xff, 0xff, b'x']));
+        assert!(!batch_rideable(&whole[..whole.len() - 1], true, &|_: &str| true), "a partial message");
+        assert!(!batch_rideable(&[], true, &|_: &str| true), "nothing");
+        // Lengths that lie.
+        assert!(!batch_rideable(&[b'Q', 0, 0, 0, 2], true, &|_: &str| true));
+        assert!(!batch_rideable(&[b'S', 0, 0, 0, 0], true, &|_: &str| true));
+        assert!(!batch_rideable(&[b'Q', 0xff, 0xff, 0xff, 0xff, b'x'], true, &|_: &str| true));
     }
 }

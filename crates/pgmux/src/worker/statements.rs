@@ -21,6 +21,9 @@ pub struct StmtDef {
     /// Backend-held state running it may create or release (`pgmux_proto::sql::PIN_*`).
     pub pins: u8,
     pub unpins: u8,
+    /// Running it leaves the session's and the upstream's state as they were (`riders::plain_sql`): it may be
+    /// pipelined.
+    pub plain: bool,
 }
 
 /// Running it may change settings (SET, RESET, set_config, SET ROLE).
@@ -38,6 +41,7 @@ impl StmtDef {
             effects: effects_of(query),
             pins: pgmux_proto::sql::pins(query),
             unpins: pgmux_proto::sql::unpins(query),
+            plain: super::riders::plain_sql(query),
         }
     }
 }
