@@ -250,7 +250,7 @@ impl Raw {
 /// make the second a rider; the log says which happened).
 #[test]
 fn cancel_of_a_pipelined_query_stops_that_query_only() {
-    let (pgmux, addr) = start();
+    let (pgmux, _metrics) = start();
     let port = pgmux.port();
     let mut rode_once = false;
     let count = |what: &str| pgmux.log().lines().filter(|l| l.ends_with(what)).count();
