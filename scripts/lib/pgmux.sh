@@ -10,12 +10,14 @@ pgmux_build() {
     PGMUX_BIN=$(target_dir)/release/pgmux
 }
 
-# pgmux_start DIR PORT SERVER_HOST SERVER_PORT [POOL_SIZE [POOL_MODE]]
+# pgmux_start DIR PORT SERVER_HOST SERVER_PORT [POOL_SIZE [POOL_MODE [ARGS]]]
+# ARGS: more command-line arguments for pgmux, split at spaces (e.g. "-v").
 # Writes DIR/pooler.toml (trust auth, every database name forwarded to the
 # server) and DIR/userlist.txt, starts pgmux in the background with its log in
 # DIR/pgmux.log, and waits until it accepts TCP. Sets PGMUX_PID.
 pgmux_start() {
-    local dir=$1 port=$2 host=$3 sport=$4 size=${5:-20} mode=${6:-transaction}
+    local dir=$1 port=$2 host=$3 sport=$4 size=${5:-20} mode=${6:-transaction} args=()
+    [[ -z ${7:-} ]] || read -r -a args <<<"$7"
     [[ -x $PGMUX_BIN ]] || die "$PGMUX_BIN not found (cargo build --release -p pgmux)"
     cat >"$dir/pooler.toml" <<TOML
 [pooler]
@@ -34,7 +36,7 @@ host = "$host"
 port = $sport
 TOML
     printf '"%s" ""\n' postgres alice bob "${USER:-root}" >"$dir/userlist.txt"
-    "$PGMUX_BIN" "$dir/pooler.toml" </dev/null >"$dir/pgmux.log" 2>&1 &
+    "$PGMUX_BIN" "${args[@]}" "$dir/pooler.toml" </dev/null >"$dir/pgmux.log" 2>&1 &
     PGMUX_PID=$!
     cleanup_add "pgmux_stop $PGMUX_PID"
     if ! wait_port "$port" 15; then
