@@ -106,7 +106,8 @@ impl Board {
     /// Maps a zeroed board of [`BOARD_SLOTS`] slots, shared with every child forked afterwards.
     pub fn new() -> io::Result<Board> {
         let len = BOARD_SLOTS;
-        let bytes = len * std::mem::size_of::<Slot>();
+        // One more slot at the end: its `pool` field is the number of slots ever claimed (see `in_use`).
+        let bytes = (len + 1) * std::mem::size_of::<Slot>();
         // SAFETY: an anonymous shared mapping with no address hint has no preconditions; the result is checked for
         // MAP_FAILED below. Anonymous pages are zero-filled, which is a valid `Slot` (all atomics 0).
         let ptr = unsafe {
@@ -124,6 +125,19 @@ impl Board {
         }
         let base = NonNull::new(ptr.cast::<Slot>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Board { base, len })
+    }
+
+    /// The slots up to the highest ever claimed: what a scan for workers needs to look at (the supervisor fills the
+    /// lowest free slots, so this is about the number of children, not the board's size).
+    fn in_use(&self) -> &[Slot] {
+        let high = self.header().pool.load(Ordering::Relaxed) as usize;
+        self.slots().get(..high.min(self.len)).unwrap_or_default()
+    }
+
+    fn header(&self) -> &Slot {
+        // SAFETY: the mapping holds `len + 1` zero-initialised, aligned `Slot`s (see `new`) and stays mapped until
+        // `self` is dropped; the extra one is only accessed through its atomics, like the others.
+        unsafe { &*self.base.as_ptr().add(self.len) }
     }
 
     fn slots(&self) -> &[Slot] {
@@ -145,6 +159,7 @@ impl Board {
             s.exposed_count.store(0, Ordering::Relaxed);
             s.pid.store(pid, Ordering::Relaxed);
             s.pool.store(u32::try_from(pool + 1).unwrap_or(0), Ordering::Relaxed);
+            self.header().pool.fetch_max(u32::try_from(slot + 1).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
     }
 
@@ -239,7 +254,7 @@ impl Board {
     pub fn siblings(&self, pool: usize, me: usize) -> (usize, usize) {
         let want = u32::try_from(pool + 1).unwrap_or(0);
         let (mut idle, mut all) = (0, 0);
-        for (i, s) in self.slots().iter().enumerate() {
+        for (i, s) in self.in_use().iter().enumerate() {
             if i == me || s.pool.load(Ordering::Relaxed) != want {
                 continue;
             }
@@ -261,7 +276,7 @@ impl Board {
         let want = u32::try_from(pool + 1).unwrap_or(0);
         out.clear();
         out.extend(
-            self.slots()
+            self.in_use()
                 .iter()
                 .enumerate()
                 .filter(|(i, s)| *i != me && s.pool.load(Ordering::Relaxed) == want)
@@ -280,10 +295,10 @@ impl Board {
 
 impl Drop for Board {
     fn drop(&mut self) {
-        // SAFETY: `base`/`len` describe exactly the mapping made in `new`, and no reference into it outlives `self`
+        // SAFETY: `base` and `len + 1` slots describe exactly the mapping made in `new`, and no reference into it outlives `self`
         // (every accessor borrows `self`).
         unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.len * std::mem::size_of::<Slot>());
+            libc::munmap(self.base.as_ptr().cast(), (self.len + 1) * std::mem::size_of::<Slot>());
         }
     }
 }
@@ -312,6 +327,26 @@ mod tests {
         assert_eq!(b.exposed(2), None, "overflow: all exposed");
         b.publish(2, State::Busy, 0, 20, 99, 0, &many[..EXPOSED_MAX]);
         assert_eq!(b.exposed(2).map(|v| v.len()), Some(EXPOSED_MAX + 1));
+    }
+
+    #[test]
+    fn scans_stop_at_the_highest_claimed_slot() {
+        let b = Board::new().unwrap();
+        let mut out = Vec::new();
+        b.sibling_slots(0, 0, &mut out);
+        assert!(out.is_empty());
+        b.claim(7, 0, 70);
+        b.claim(2, 0, 20);
+        b.claim(3, 1, 30);
+        b.sibling_slots(0, 2, &mut out);
+        assert_eq!(out, vec![7]);
+        assert_eq!(b.in_use().len(), 8);
+        b.publish(7, State::Idle, 0, 0, 0, 0, &[]);
+        assert!(b.any_idle(0, &out));
+        assert!(!b.any_idle(1, &out), "slot 7 is pool 0's");
+        b.release(7);
+        assert!(!b.any_idle(0, &out), "a released slot is nobody's sibling");
+        assert_eq!(b.siblings(0, 2), (0, 0));
     }
 
     #[test]

@@ -361,6 +361,7 @@ impl Worker {
     }
 
     fn client_query(&mut self, idx: usize, id: u64, msg: &[u8], body: &[u8]) {
+        self.last_query_plain = false;
         let Ok(text) = fe::parse_query(body) else { return self.forward(id, b'Q', msg) };
         let (pins, unpins) = (sql::pins(text), sql::unpins(text));
         if pins != 0 || unpins != 0 {
@@ -369,6 +370,8 @@ impl Worker {
             }
         }
         if !sql::may_be_interesting(text) {
+            // The same test as `riders::plain_sql`, without classifying the text twice.
+            self.last_query_plain = pins == 0 && unpins == 0 && !super::riders::mentions_copy(text.as_bytes());
             return self.forward(id, b'Q', msg);
         }
         let generation = self.upstream.as_ref().map(|u| u.generation).unwrap_or(0);

@@ -155,6 +155,8 @@ struct Worker {
     riders: VecDeque<usize>,
     /// Everything the owner sent this turn may have riders behind it (`riders`).
     owner_plain: bool,
+    /// The simple Query `client_query` handled last was plain (`riders::plain_sql`).
+    last_query_plain: bool,
     /// Board slots of this pool's other workers, and when they were last looked up (`riders`).
     sibling_slots: Vec<usize>,
     siblings_seen_at: Option<Instant>,
@@ -283,6 +285,7 @@ impl Worker {
             owner: None,
             riders: VecDeque::new(),
             owner_plain: false,
+            last_query_plain: false,
             sibling_slots: Vec::new(),
             siblings_seen_at: None,
             queue: VecDeque::new(),
@@ -1410,10 +1413,13 @@ impl Worker {
             if avail >= total {
                 let msg = rest.get(..total).unwrap_or_default();
                 if rewrite {
-                    if self.owner_plain && is_owner {
-                        self.owner_plain = self.owner_message_plain(idx, msg);
-                    }
                     self.client_message(idx, id, h.tag, msg);
+                    if self.owner_plain && is_owner {
+                        // After handling: a Query's classification is the one `client_query` just made, and a Bind
+                        // sees the unnamed statement and names its batch's Parse left.
+                        self.owner_plain =
+                            if h.tag == b'Q' { self.last_query_plain } else { self.owner_message_plain(idx, msg) };
+                    }
                 } else {
                     up.outbuf.extend_from_slice(msg);
                     self.replies.push(Owner::Session(id), h.tag, Disposition::Forward);

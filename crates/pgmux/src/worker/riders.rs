@@ -118,7 +118,7 @@ fn session_batch_rideable(s: &Session) -> bool {
 }
 
 /// "copy" in any case, anywhere: conservative, a table named copy_log only costs the chance to ride.
-fn mentions_copy(b: &[u8]) -> bool {
+pub(super) fn mentions_copy(b: &[u8]) -> bool {
     b.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
 }
 
