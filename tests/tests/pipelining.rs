@@ -291,6 +291,37 @@ fn cancel_of_a_pipelined_query_stops_that_query_only() {
     assert!(rode_once, "in 8 attempts, B never rode behind A");
 }
 
+/// A cancel for a request still waiting in pgmux's queue (the upstream is busy with another session's query) is held
+/// and sent once that request runs, so the query is cancelled instead of running to its end later; the query ahead
+/// is not touched.
+#[test]
+fn cancel_of_a_queued_query_is_held_until_it_runs() {
+    let (pgmux, _metrics) = start();
+    let port = pgmux.port();
+    let mut a = Raw::connect(port);
+    let mut b = Raw::connect(port);
+    let started = Instant::now();
+    a.send_query("SELECT pg_sleep(0.8)");
+    // Long after A's request went upstream: B cannot ride, it waits in the queue.
+    std::thread::sleep(Duration::from_millis(150));
+    b.send_query("SELECT pg_sleep(8)");
+    std::thread::sleep(Duration::from_millis(150));
+    b.cancel(port);
+    let a_result = a.finish();
+    let b_result = b.finish();
+    let b_done = started.elapsed();
+    eprintln!("a={a_result:?} b={b_result:?} after {b_done:?}");
+    assert_eq!(a_result, None, "the query ahead was hit by the queued session's cancel");
+    assert_eq!(b_result.as_deref(), Some("57014"), "the queued query was not cancelled when it ran");
+    assert!(b_done < Duration::from_secs(4), "the held cancel did not stop the query: {b_done:?}");
+    wait_until(Duration::from_secs(5), "the worker to log that it held the cancel", || {
+        pgmux.log().contains("cancel held until its request runs")
+    });
+    // The cancel is used up: B's next query runs normally.
+    b.send_query("SELECT pg_sleep(0.2)");
+    assert_eq!(b.finish(), None);
+}
+
 /// A client that leaves while its query waits upstream: the query runs for nobody, its reply is dropped, and the
 /// sessions around it get exactly their own replies.
 #[test]

@@ -749,6 +749,15 @@ impl Worker {
             return;
         }
         if self.owner != Some(idx) || !self.replies.owes(session_id) {
+            // A request waiting for the upstream (queued, or the owner's not read yet while pgmux applies its
+            // settings) is cancelled once it runs, as it would have been had it reached PostgreSQL at once. A
+            // session with nothing asked (idle, or idle inside its transaction) ignores it, as PostgreSQL does.
+            let waiting = self.owner != Some(idx) || self.session(idx).is_some_and(|s| !s.turn_sent);
+            if let Some(s) = self.session(idx).filter(|s| waiting && (s.queued || s.readable || !s.inbuf.is_empty())) {
+                s.cancel_pending = true;
+                debug!("s{session_id}: cancel held until its request runs");
+                return;
+            }
             debug!("s{session_id}: cancel ignored, nothing of it runs");
             return;
         }
@@ -1345,6 +1354,9 @@ impl Worker {
                 }
             }
         }
+        if self.session(idx).is_some_and(|s| s.cancel_pending) {
+            self.fire_held_cancel(idx);
+        }
         self.check_release();
         progress
     }
@@ -1568,6 +1580,8 @@ impl Worker {
         }
         if let Some(s) = self.session(idx) {
             s.idle_since = Instant::now();
+            // A cancel held for a request that never ran (it went nowhere) must not hit the next one.
+            s.cancel_pending = false;
         }
         // The client has (or is being sent) its whole reply: say at once that it is idle again, so a crash from
         // here on does not cost it its connection.

@@ -282,19 +282,39 @@ impl Worker {
             if let Some(up) = self.upstream.as_mut() {
                 up.applied_for = Some(id);
             }
-            if cancel && self.replies.owes(id) {
-                if let Some(up) = self.upstream.as_ref() {
-                    info!("s{id}: cancelling its running query (asked for while it waited upstream)");
-                    if let Err(e) =
-                        upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2))
-                    {
-                        warn!("s{id}: cancel failed: {e}");
-                    }
+            if cancel {
+                if let Some(s) = self.session(idx) {
+                    s.cancel_pending = true;
                 }
+                self.fire_held_cancel(idx);
             }
             return true;
         }
         false
+    }
+
+    /// The owner asked for a cancel before its request ran (it was queued or riding): now that the request is
+    /// upstream, send it there first (a cancel that overtook it would find the backend idle and be lost), then the
+    /// cancel.
+    pub(super) fn fire_held_cancel(&mut self, idx: usize) {
+        let Some(s) = self.session(idx) else { return };
+        let id = s.id;
+        if !std::mem::take(&mut s.cancel_pending) || !self.replies.owes(id) {
+            return;
+        }
+        let Some(up) = self.upstream.as_mut() else { return };
+        let pending = up.outbuf.get(up.out_pos..).unwrap_or_default();
+        if let Err(e) = up.conn.write_all_timeout(pending, Duration::from_secs(2)) {
+            self.drop_upstream(&format!("write failed: {e}"));
+            return;
+        }
+        up.sent_total += pending.len() as u64;
+        up.outbuf.clear();
+        up.out_pos = 0;
+        info!("s{id}: cancelling its running query (asked for while it waited)");
+        if let Err(e) = upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2)) {
+            warn!("s{id}: cancel failed: {e}");
+        }
     }
 
     /// A cancel request for a session whose request waits upstream behind the owner's.
