@@ -755,7 +755,7 @@ impl Worker {
             let waiting = self.owner != Some(idx) || self.session(idx).is_some_and(|s| !s.turn_sent);
             if let Some(s) = self.session(idx).filter(|s| waiting && (s.queued || s.readable || !s.inbuf.is_empty())) {
                 s.cancel_pending = true;
-                debug!("s{session_id}: cancel held until its request runs");
+                debug!("s{session_id}: cancel held until its request runs (it waits for the server)");
                 return;
             }
             debug!("s{session_id}: cancel ignored, nothing of it runs");
@@ -1332,26 +1332,16 @@ impl Worker {
             if !s.readable {
                 break;
             }
-            match s.conn.read_into(&mut s.inbuf, READ_CHUNK) {
-                Ok(ReadOutcome::Data { drained, .. }) => {
+            match self.read_session(idx) {
+                SessionRead::Data => {
                     progress = true;
-                    if drained && !s.hup {
-                        s.readable = false;
-                    }
                     self.request_at = Instant::now();
                     if !self.forward_client_input(idx) {
                         return true;
                     }
                 }
-                Ok(ReadOutcome::WouldBlock) => s.readable = false,
-                Ok(ReadOutcome::Eof) => {
-                    self.close_session(idx, "client closed the connection", None);
-                    return true;
-                }
-                Err(e) => {
-                    self.close_session(idx, &format!("client read failed: {e}"), None);
-                    return true;
-                }
+                SessionRead::Nothing => {}
+                SessionRead::Closed => return true,
             }
         }
         if self.session(idx).is_some_and(|s| s.cancel_pending) {
@@ -1359,6 +1349,32 @@ impl Worker {
         }
         self.check_release();
         progress
+    }
+
+    /// One read from a session's socket into its input buffer, keeping its readiness; the session is closed on EOF or
+    /// an error.
+    fn read_session(&mut self, idx: usize) -> SessionRead {
+        let Some(s) = self.session(idx) else { return SessionRead::Closed };
+        match s.conn.read_into(&mut s.inbuf, READ_CHUNK) {
+            Ok(ReadOutcome::Data { drained, .. }) => {
+                if drained && !s.hup {
+                    s.readable = false;
+                }
+                SessionRead::Data
+            }
+            Ok(ReadOutcome::WouldBlock) => {
+                s.readable = false;
+                SessionRead::Nothing
+            }
+            Ok(ReadOutcome::Eof) => {
+                self.close_session(idx, "client closed the connection", None);
+                SessionRead::Closed
+            }
+            Err(e) => {
+                self.close_session(idx, &format!("client read failed: {e}"), None);
+                SessionRead::Closed
+            }
+        }
     }
 
     /// Move the owner's whole messages (and the streamed part of a large one) upstream. False if the session was
@@ -2134,6 +2150,15 @@ fn add_host_to_application_name(params: &mut Vec<(String, String)>, client_addr:
 
 /// What keeps waiting sessions from the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What one read from a session's socket gave.
+enum SessionRead {
+    Data,
+    /// Nothing to read now (its readiness is used up).
+    Nothing,
+    /// EOF or an error: the session has been closed.
+    Closed,
+}
+
 enum Blocked {
     /// The owner sits idle inside a transaction, or is pinned.
     IdleOwner,

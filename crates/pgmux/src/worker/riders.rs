@@ -36,8 +36,7 @@ use pgmux_proto::{frame, frontend as fe, sql};
 
 use super::session::Session;
 use super::statements::wire;
-use super::{settings, upstream, Worker, READ_CHUNK, STREAM_THRESHOLD};
-use crate::net::ReadOutcome;
+use super::{settings, upstream, SessionRead, Worker, STREAM_THRESHOLD};
 
 /// At most this many requests wait upstream behind the owner's.
 pub(super) const MAX_RIDERS: usize = 3;
@@ -232,21 +231,8 @@ impl Worker {
             if !s.readable || s.inbuf.len() >= STREAM_THRESHOLD {
                 break;
             }
-            match s.conn.read_into(&mut s.inbuf, READ_CHUNK) {
-                Ok(ReadOutcome::Data { drained, .. }) => {
-                    if drained && !s.hup {
-                        s.readable = false;
-                    }
-                }
-                Ok(ReadOutcome::WouldBlock) => s.readable = false,
-                Ok(ReadOutcome::Eof) => {
-                    self.close_session(idx, "client closed the connection", None);
-                    return false;
-                }
-                Err(e) => {
-                    self.close_session(idx, &format!("client read failed: {e}"), None);
-                    return false;
-                }
+            if matches!(self.read_session(idx), SessionRead::Closed) {
+                return false;
             }
         }
         true
@@ -321,7 +307,7 @@ impl Worker {
     pub(super) fn cancel_rider(&mut self, idx: usize) -> bool {
         let Some(s) = self.session(idx).filter(|s| s.riding) else { return false };
         s.cancel_pending = true;
-        debug!("s{}: cancel held until its request runs", s.id);
+        debug!("s{}: cancel held until its request runs (it rides behind the owner's)", s.id);
         true
     }
 
