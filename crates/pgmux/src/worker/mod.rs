@@ -704,20 +704,10 @@ impl Worker {
         }
         let running = self.replies.owes(s.id) && (!chain || error.is_some_and(|(code, _)| code == "57014"));
         self.replies.orphan(s.id);
-        if running {
-            // The cancel must not overtake the query it is meant for: let the query reach the server first.
-            let pending = up.outbuf.get(up.out_pos..).unwrap_or_default();
-            if let Err(e) = up.conn.write_all_timeout(pending, Duration::from_secs(2)) {
-                self.drop_upstream(&format!("write failed: {e}"));
-                return;
-            }
-            up.sent_total += pending.len() as u64;
-            up.outbuf.clear();
-            up.out_pos = 0;
-            if let Err(e) = upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2)) {
-                warn!("cancel after client left failed: {e}");
-            }
+        if running && !self.flush_then_cancel("cancel after client left") {
+            return;
         }
+        let Some(up) = self.upstream.as_mut() else { return };
         if up.copy_in {
             fe::copy_fail(&mut up.outbuf, "client disconnected");
             up.copy_in = false;
@@ -741,6 +731,25 @@ impl Worker {
         } else if s.pins != 0 {
             self.needs_unpin = true;
         }
+    }
+
+    /// Write everything queued for the upstream, so that the query a cancel is meant for reaches the server before
+    /// the cancel does (one that overtook it would find the backend idle and be lost), then send the cancel. False
+    /// if the upstream was lost meanwhile.
+    fn flush_then_cancel(&mut self, what: &str) -> bool {
+        let Some(up) = self.upstream.as_mut() else { return false };
+        let pending = up.outbuf.get(up.out_pos..).unwrap_or_default();
+        if let Err(e) = up.conn.write_all_timeout(pending, Duration::from_secs(2)) {
+            self.drop_upstream(&format!("write failed: {e}"));
+            return false;
+        }
+        up.sent_total += pending.len() as u64;
+        up.outbuf.clear();
+        up.out_pos = 0;
+        if let Err(e) = upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2)) {
+            warn!("{what} failed: {e}");
+        }
+        true
     }
 
     fn cancel(&mut self, session_id: u64) {

@@ -30,13 +30,13 @@
 
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use pgmux_config::PoolMode;
 use pgmux_proto::{frame, frontend as fe, sql};
 
 use super::session::Session;
 use super::statements::wire;
-use super::{settings, upstream, SessionRead, Worker, STREAM_THRESHOLD};
+use super::{settings, SessionRead, Worker, STREAM_THRESHOLD};
 
 /// At most this many requests wait upstream behind the owner's.
 pub(super) const MAX_RIDERS: usize = 3;
@@ -279,28 +279,16 @@ impl Worker {
         false
     }
 
-    /// The owner asked for a cancel before its request ran (it was queued or riding): now that the request is
-    /// upstream, send it there first (a cancel that overtook it would find the backend idle and be lost), then the
-    /// cancel.
+    /// The owner asked for a cancel before its request ran (it was queued or riding): its request is upstream now,
+    /// so cancel it.
     pub(super) fn fire_held_cancel(&mut self, idx: usize) {
         let Some(s) = self.session(idx) else { return };
         let id = s.id;
         if !std::mem::take(&mut s.cancel_pending) || !self.replies.owes(id) {
             return;
         }
-        let Some(up) = self.upstream.as_mut() else { return };
-        let pending = up.outbuf.get(up.out_pos..).unwrap_or_default();
-        if let Err(e) = up.conn.write_all_timeout(pending, Duration::from_secs(2)) {
-            self.drop_upstream(&format!("write failed: {e}"));
-            return;
-        }
-        up.sent_total += pending.len() as u64;
-        up.outbuf.clear();
-        up.out_pos = 0;
         info!("s{id}: cancelling its running query (asked for while it waited)");
-        if let Err(e) = upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2)) {
-            warn!("s{id}: cancel failed: {e}");
-        }
+        self.flush_then_cancel(&format!("s{id}: cancel"));
     }
 
     /// A cancel request for a session whose request waits upstream behind the owner's.
