@@ -384,6 +384,7 @@ impl Worker {
                 self.janitor();
             }
             self.publish();
+            self.send_due_reports();
         }
         self.send_final_report();
         if let Some(mut up) = self.upstream.take() {

@@ -35,6 +35,10 @@ pub struct Stats {
     pub paused: bool,
     /// RECONNECT: close the upstream once it is released.
     pub reconnect: bool,
+    /// Reports asked for and not yet sent. They are answered at the end of the loop iteration, after scheduling:
+    /// a session whose request arrived in the same wake-up as the request for a report would otherwise be
+    /// reported waiting although it is given the upstream a moment later (and a client's Terminate is no wait).
+    pub reports_due: Vec<u64>,
 }
 
 impl Stats {
@@ -116,7 +120,7 @@ impl Worker {
     /// Console messages from the supervisor. False: not one of them.
     pub(super) fn on_admin_message(&mut self, msg: &Msg) -> bool {
         match msg {
-            Msg::StatsRequest { seq } => self.send_report(*seq),
+            Msg::StatsRequest { seq } => self.stats.reports_due.push(*seq),
             Msg::PauseSessions { paused } => {
                 if self.stats.paused != *paused {
                     info!("{}", if *paused { "paused: no new transactions start" } else { "resumed" });
@@ -185,6 +189,13 @@ impl Worker {
                 warn!("cannot send stats to the supervisor: {e}");
                 return;
             }
+        }
+    }
+
+    /// Answer the reports asked for since the last iteration (see `Stats::reports_due`).
+    pub(super) fn send_due_reports(&mut self) {
+        for seq in std::mem::take(&mut self.stats.reports_due) {
+            self.send_report(seq);
         }
     }
 
