@@ -1,7 +1,10 @@
 //! Sessions are not stuck behind a busy upstream: a session waiting on a worker whose upstream is held by another
 //! session's idle transaction moves to another worker of its pool, carrying its settings and prepared statements.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::NoTls;
 
 use postgres::fallible_iterator::FallibleIterator;
 
@@ -147,6 +150,60 @@ fn moved_session_keeps_sql_prepared_statements() {
         });
     });
     holder.batch_execute("COMMIT").unwrap();
+}
+
+/// A cancel held for a queued request travels with the session when it moves: B waits behind A's slow query, its
+/// client cancels, then the sibling frees up and B moves there; B's query is cancelled as soon as it runs on the
+/// sibling instead of running to its end (the cancel used to stay behind at the first worker).
+#[test]
+fn held_cancel_moves_with_the_session() {
+    let pgmux = Pgmux::start(PgmuxConfig::new().set("default_pool_size", "2"));
+    let pid = |c: &mut postgres::Client| -> i32 { c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0) };
+    // Idle sessions stay where they were placed: find two sharing a worker (A, B) and one on the other (C).
+    let mut clients: Vec<(i32, postgres::Client)> = (0..8)
+        .map(|_| {
+            let mut c = pgmux.client("appdb", "alice");
+            (pid(&mut c), c)
+        })
+        .collect();
+    let first = clients.first().map(|(p, _)| *p).unwrap();
+    let same = clients.iter().filter(|(p, _)| *p == first).count();
+    let (pa, pc) = if same >= 2 {
+        (first, clients.iter().map(|(p, _)| *p).find(|p| *p != first).expect("every session on one worker"))
+    } else {
+        let other = clients.iter().map(|(p, _)| *p).find(|p| *p != first).unwrap();
+        (other, first)
+    };
+    let mut take = |want: i32| {
+        let i = clients.iter().position(|(p, _)| *p == want).expect("no session left on that worker");
+        clients.swap_remove(i).1
+    };
+    let (mut a, mut b, mut c) = (take(pa), take(pa), take(pc));
+    let token = b.cancel_token();
+    with_deadline(&pgmux, Duration::from_secs(60), || {
+        std::thread::scope(|scope| {
+            let started = Instant::now();
+            let ct = scope.spawn(move || c.batch_execute("SELECT pg_sleep(0.6)"));
+            let at = scope.spawn(move || a.batch_execute("SELECT pg_sleep(1.2)"));
+            std::thread::sleep(Duration::from_millis(150));
+            // Both upstreams are busy: B waits behind A (too late to ride, nowhere to move yet).
+            let bt = scope.spawn(move || {
+                let r = b.batch_execute("SELECT pg_sleep(8)");
+                (r, started.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(150));
+            token.cancel_query(NoTls).expect("send the cancel through pgmux");
+            ct.join().unwrap().expect("C's query");
+            at.join().unwrap().expect("A's query was hit by B's cancel");
+            let (r, took) = bt.join().unwrap();
+            let err = r.expect_err("B's query was not cancelled");
+            assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+            assert!(took < Duration::from_secs(4), "B's query ran on after its cancel: {took:?}");
+        });
+    });
+    let log = pgmux.log();
+    assert!(log.contains("cancel held until its request runs"), "the cancel was not held:\n{log}");
+    assert!(log.contains("a cancel held at its previous worker waits for its request here"), "B did not move:\n{log}");
 }
 
 /// A session with a temporary table keeps its upstream: its table is usable across transactions, invisible to

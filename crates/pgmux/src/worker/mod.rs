@@ -65,6 +65,9 @@ const MIGRATE_COOLDOWN: Duration = Duration::from_millis(50);
 const BUSY_RECHECK: Duration = Duration::from_millis(10);
 /// Record flag: the session moved here from another worker; it has been greeted already.
 pub const FLAG_MIGRATED: u32 = 1;
+/// Record flag, on a move only: a cancel was held for the request the session carries (it was queued when the
+/// cancel came); the receiving worker fires it once that request is upstream.
+pub const FLAG_CANCEL_HELD: u32 = 2;
 
 pub struct WorkerContext {
     /// Unique among the supervisor's workers.
@@ -474,7 +477,13 @@ impl Worker {
         }
         let settings = if migrated { record.settings.clone() } else { settings::from_startup(&record.startup_params) };
         let pending = std::mem::take(&mut record.pending_input);
+        let cancel_held = migrated && record.flags & FLAG_CANCEL_HELD != 0;
+        record.flags &= !FLAG_CANCEL_HELD;
         let mut s = Session::new(record, conn, settings);
+        if cancel_held {
+            debug!("{}: a cancel held at its previous worker waits for its request here", s.label);
+            s.cancel_pending = true;
+        }
         if migrated {
             let moved_at = s.record.moved_at_ns;
             if moved_at != 0 {
@@ -1908,6 +1917,9 @@ impl Worker {
             return false; // replies still on their way to the client stay with this worker until written
         }
         let mut record = s.to_record();
+        if s.cancel_pending {
+            record.flags |= FLAG_CANCEL_HELD;
+        }
         record.moved_at_ns = monotonic_ns();
         record.waiting_since_ns = if s.queued { ns_at_instant(s.queued_at) } else { 0 };
         let mut encoded = Vec::new();

@@ -207,6 +207,7 @@ impl Session {
         r.pending_input = self.inbuf.clone();
         r.listens = self.listens.iter().cloned().collect();
         r.flags |= super::FLAG_MIGRATED;
+        r.flags &= !super::FLAG_CANCEL_HELD;
         // Only a move carries a wait (the worker sets it then); a report must not leave a stale one behind.
         r.waiting_since_ns = 0;
         r
