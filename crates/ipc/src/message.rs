@@ -51,6 +51,8 @@ pub enum Msg {
     Assign {
         record: SessionRecord,
     },
+    /// Cancel the running (or held) request of a session. Also worker → supervisor: the worker no longer has that
+    /// session (it moved away meanwhile), route it again.
     Cancel {
         session_id: u64,
     },

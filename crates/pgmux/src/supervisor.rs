@@ -401,6 +401,7 @@ impl Supervisor {
                 None => warn!("login without a socket"),
             },
             (Some(Role::Listener { .. }), Msg::CancelRequest { pid, key }) => self.route_cancel(pid, key),
+            (Some(Role::Worker { .. }), Msg::Cancel { session_id }) => self.cancel_returned(slot, session_id),
             (Some(Role::Worker { .. }), Msg::SessionClosed { session_id }) => self.session_closed(slot, session_id),
             (Some(Role::Worker { .. }), Msg::SessionState { record }) => {
                 if let Some(e) = self.sessions.get_mut(&record.session_id) {
@@ -729,9 +730,37 @@ impl Supervisor {
             debug!("cancel request with an unknown key");
             return;
         };
-        let Some(slot) = self.sessions.get(&id).map(|e| e.child) else { return };
-        if let Err(e) = self.send(slot, Msg::Cancel { session_id: id }, Vec::new()) {
-            warn!("s{id}: could not forward cancel: {e}");
+        self.forward_cancel(id, None);
+    }
+
+    /// A worker sent back a cancel for a session it no longer has: it moved away after the cancel was routed there
+    /// (the worker's Migrate came first on its channel, so the session table already names where it went). Routed
+    /// once more, unless the table still names that worker (the session is gone).
+    fn cancel_returned(&mut self, from: usize, id: u64) {
+        self.forward_cancel(id, Some(from));
+    }
+
+    /// Send a cancel to the worker serving session `id` (never back to `not_to`). A session held here (waiting for a
+    /// worker) has its request still unsent: the cancel is held in its record and fired once the request runs.
+    fn forward_cancel(&mut self, id: u64, not_to: Option<usize>) {
+        if let Some(slot) = self.sessions.get(&id).map(|e| e.child) {
+            if Some(slot) == not_to {
+                debug!("s{id}: cancel dropped, the session is not on its worker any more");
+                return;
+            }
+            if let Err(e) = self.send(slot, Msg::Cancel { session_id: id }, Vec::new()) {
+                warn!("s{id}: could not forward cancel: {e}");
+            }
+            return;
+        }
+        let held = self.pools.iter_mut().flat_map(|p| p.waiting.iter_mut()).find(|h| h.record.session_id == id);
+        match held {
+            // Only a session that moved has been greeted (and so knows its cancel key) and carries a request.
+            Some(h) if h.record.flags & worker::FLAG_MIGRATED != 0 => {
+                h.record.flags |= worker::FLAG_CANCEL_HELD;
+                debug!("s{id}: cancel held with the session while it waits for a worker");
+            }
+            _ => debug!("s{id}: cancel for a session no worker serves, dropped"),
         }
     }
 

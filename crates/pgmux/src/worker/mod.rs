@@ -763,7 +763,13 @@ impl Worker {
     }
 
     fn cancel(&mut self, session_id: u64) {
-        let Some(&idx) = self.by_id.get(&session_id) else { return };
+        let Some(&idx) = self.by_id.get(&session_id) else {
+            // It moved away (or ended) after the supervisor routed the cancel here: the supervisor knows where it
+            // went by now (our Migrate precedes this on the channel) and routes it once more.
+            debug!("s{session_id}: cancel for a session not here, back to the supervisor");
+            self.send_supervisor(Msg::Cancel { session_id });
+            return;
+        };
         if self.cancel_rider(idx) {
             return;
         }
