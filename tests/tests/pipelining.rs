@@ -358,3 +358,72 @@ fn a_rider_that_leaves_costs_nobody_else() {
     let mut check = pgmux.client("appdb", "alice");
     assert_eq!(check.query_one("SELECT 41 + 1", &[]).unwrap().get::<_, i32>(0), 42);
 }
+
+/// Twelve sessions each cancel their own `pg_sleep` a few milliseconds after sending it, over and over, while their
+/// requests ride behind each other. PostgreSQL may take a cancel that lands late (the query it was meant for just
+/// ended, or the postmaster's second signal) for the query behind it; pgmux must not let that reach the rider's
+/// client: no query is ever cancelled before its own client asked.
+#[test]
+fn a_late_cancel_never_stops_another_sessions_query() {
+    use postgres::error::SqlState;
+    use postgres::NoTls;
+    let (pgmux, addr) = start();
+    let before = pipelined(addr);
+    let until = Instant::now() + Duration::from_secs(8);
+    let (foreign, cancelled) = with_deadline(&pgmux, Duration::from_secs(60), || {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..12u64)
+                .map(|i| {
+                    let pgmux = &pgmux;
+                    scope.spawn(move || {
+                        let mut c = pgmux.client("appdb", "alice");
+                        let token = c.cancel_token();
+                        let (mut foreign, mut cancelled) = (Vec::new(), 0);
+                        let mut n = 0u64;
+                        while Instant::now() < until {
+                            n += 1;
+                            let delay = Duration::from_millis(3 + (n + i) % 5 * 2);
+                            let token = token.clone();
+                            let canceller = std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                let sent = Instant::now();
+                                token.cancel_query(NoTls).expect("cancel through pgmux");
+                                sent
+                            });
+                            let result = c.batch_execute("SELECT pg_sleep(0.5)");
+                            let ended = Instant::now();
+                            let sent = canceller.join().unwrap();
+                            match result {
+                                Ok(()) => {}
+                                Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => {
+                                    cancelled += 1;
+                                    if ended < sent {
+                                        foreign.push(format!(
+                                            "session {i} query {n}: cancelled {:?} before its own cancel",
+                                            sent - ended
+                                        ));
+                                    }
+                                }
+                                Err(e) => panic!("session {i}: {e}"),
+                            }
+                            c.batch_execute("SELECT 1").expect("the session goes on");
+                        }
+                        (foreign, cancelled)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).fold((Vec::new(), 0), |(mut f, c), (f2, c2)| {
+                f.extend(f2);
+                (f, c + c2)
+            })
+        })
+    });
+    let rode = pipelined(addr) - before;
+    eprintln!(
+        "{cancelled} queries cancelled, {rode} pipelined turns, runs again: {}",
+        pgmux.log().matches("it runs again").count()
+    );
+    assert!(foreign.is_empty(), "queries stopped by another session's cancel:\n{}", foreign.join("\n"));
+    assert!(cancelled >= 200, "only {cancelled} queries were cancelled");
+    assert!(rode >= 100.0, "only {rode} requests rode: the test did not pipeline");
+}

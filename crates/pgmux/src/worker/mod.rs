@@ -156,6 +156,9 @@ struct Worker {
     owner: Option<usize>,
     /// Sessions whose requests went upstream behind the owner's, in order (`riders`).
     riders: VecDeque<usize>,
+    /// A cancel went upstream while the current turns run: no session rides until the upstream is free
+    /// (`riders::Shield`).
+    cancel_shielding: bool,
     /// Everything the owner sent this turn may have riders behind it (`riders`).
     owner_plain: bool,
     /// The simple Query `client_query` handled last was plain (`riders::plain_sql`).
@@ -287,6 +290,7 @@ impl Worker {
             stream_owner: None,
             owner: None,
             riders: VecDeque::new(),
+            cancel_shielding: false,
             owner_plain: false,
             last_query_plain: false,
             sibling_slots: Vec::new(),
@@ -714,7 +718,7 @@ impl Worker {
         }
         let running = self.replies.owes(s.id) && (!chain || error.is_some_and(|(code, _)| code == "57014"));
         self.replies.orphan(s.id);
-        if running && !self.flush_then_cancel("cancel after client left") {
+        if running && !self.flush_then_cancel(s.id, "cancel after client left") {
             return;
         }
         let Some(up) = self.upstream.as_mut() else { return };
@@ -746,7 +750,8 @@ impl Worker {
     /// Write everything queued for the upstream, so that the query a cancel is meant for reaches the server before
     /// the cancel does (one that overtook it would find the backend idle and be lost), then send the cancel. False
     /// if the upstream was lost meanwhile.
-    fn flush_then_cancel(&mut self, what: &str) -> bool {
+    fn flush_then_cancel(&mut self, target: u64, what: &str) -> bool {
+        self.shield_riders(target);
         let Some(up) = self.upstream.as_mut() else { return false };
         let pending = up.outbuf.get(up.out_pos..).unwrap_or_default();
         if let Err(e) = up.conn.write_all_timeout(pending, Duration::from_secs(2)) {
@@ -786,6 +791,7 @@ impl Worker {
             debug!("s{session_id}: cancel ignored, nothing of it runs");
             return;
         }
+        self.shield_riders(session_id);
         if let Some(up) = self.upstream.as_ref() {
             info!("s{session_id}: cancelling its running query");
             if let Err(e) = upstream::send_cancel(&up.addr, up.backend_pid, up.backend_key, Duration::from_secs(2)) {
@@ -896,6 +902,7 @@ impl Worker {
         self.stream_owner = None;
         self.needs_reset = false;
         self.needs_unpin = false;
+        self.cancel_shielding = false;
         let lost: Vec<usize> = self.owner.take().into_iter().chain(self.riders.drain(..)).collect();
         for idx in lost {
             if let Some(s) = self.session(idx) {
@@ -1154,6 +1161,9 @@ impl Worker {
                 _ if show => self.deliver(route.owner, route.disposition, msg),
                 _ => {}
             }
+            if let (Some(Owner::Session(id)), b'E' | b'Z') = (route.owner, h.tag) {
+                self.shield_reply(id, h.tag, body);
+            }
             pos += total;
             if route.ready && route.owner == Some(Owner::Pgmux) {
                 self.job_done();
@@ -1215,7 +1225,7 @@ impl Worker {
             _ => None,
         };
         if let Some(s) = idx.and_then(|i| self.session(i)) {
-            s.out.extend_from_slice(bytes);
+            s.shield.take_reply(bytes, &mut s.out);
         } else {
             return;
         }
@@ -1623,10 +1633,17 @@ impl Worker {
             s.idle_since = Instant::now();
             // A cancel held for a request that never ran (it went nowhere) must not hit the next one.
             s.cancel_pending = false;
+            s.shield.own_cancel = false;
         }
         // The client has (or is being sent) its whole reply: say at once that it is idle again, so a crash from
         // here on does not cost it its connection.
         self.publish();
+        if self.riders.is_empty() {
+            self.cancel_shielding = false;
+        }
+        if self.run_again(idx) {
+            return;
+        }
         let Some(s) = self.sessions.get(idx).and_then(|s| s.as_ref()) else { return };
         let readable = s.readable;
         if readable {

@@ -27,6 +27,16 @@
 //!
 //! A rider has been read from, so it is exposed until its turn ends, like an owner. A cancel request for a rider is
 //! held until it owns the upstream, so that it cannot stop the query ahead of it.
+//!
+//! The other way round needs more care. PostgreSQL ignores a cancel that arrives while the backend waits for a
+//! command, but a rider's request is often already in the backend's input buffer, so a cancel meant for the query
+//! ahead that lands late (the query just ended, or the postmaster's second signal, it signals the backend and its
+//! process group) stops the rider's query instead. So a cancel sent while riders wait behind its target puts those
+//! riders under a [`Shield`]: their replies are held back until their ReadyForQuery; one that is PostgreSQL's "user
+//! request" cancel error, while the rider's client asked for no cancel, is dropped and the request runs again at the
+//! head of the queue (it ran as an implicit transaction that rolled back, and its client saw nothing of it). That
+//! is why a rider carries exactly one request, and never a Parse of a named statement (a second Parse of the name
+//! would fail). No session rides until the cancelled turn is over.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +52,49 @@ use super::{settings, SessionRead, Worker, STREAM_THRESHOLD};
 pub(super) const MAX_RIDERS: usize = 3;
 /// Sessions ride behind an owner's request only this soon after it was sent (see the module header).
 pub(super) const RIDE_WINDOW: Duration = Duration::from_millis(2);
+/// A shielded rider's reply is held back up to this size; beyond it, it goes to the client and cannot be run again
+/// (a cancel that lands late stops a query at its start, long before it has sent this much).
+const SHIELD_HOLD_MAX: usize = 64 * 1024;
+/// PostgreSQL's message for a cancel request (SQLSTATE 57014 is also a statement_timeout's, which must not be run
+/// again). In another lc_messages language no reply matches, and a late cancel reaches the rider's client.
+const USER_CANCEL_MESSAGE: &str = "canceling statement due to user request";
+
+/// A rider's protection against a cancel request meant for a query ahead of it (see the module header).
+#[derive(Debug, Default)]
+pub struct Shield {
+    /// The client bytes of its one request, kept while it rides and until its reply is complete.
+    pub request: Option<Vec<u8>>,
+    /// A cancel went upstream while its request waited behind the target: its reply is held back.
+    pub holding: bool,
+    /// The reply held back so far.
+    pub held: Vec<u8>,
+    /// The held reply has PostgreSQL's error for a cancel request.
+    pub cancelled: bool,
+    /// The session's own client asked for a cancel that was sent this turn: a cancel error is its own.
+    pub own_cancel: bool,
+    /// Its request already ran again once.
+    pub retried: bool,
+    /// The request to run again when its turn ends.
+    pub again: Option<Vec<u8>>,
+}
+
+impl Shield {
+    /// Reply bytes for the session: to its client, or held back while shielded (up to `SHIELD_HOLD_MAX`, beyond
+    /// which the reply is let through and the request can no longer run again).
+    pub fn take_reply(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if !self.holding {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        self.held.extend_from_slice(bytes);
+        if self.held.len() > SHIELD_HOLD_MAX {
+            out.append(&mut self.held);
+            self.holding = false;
+            self.cancelled = false;
+            self.request = None;
+        }
+    }
+}
 /// How long a worker trusts its list of sibling slots.
 const SIBLINGS_REFRESH: Duration = Duration::from_millis(100);
 
@@ -68,14 +121,14 @@ fn message_plain(tag: u8, body: &[u8], unnamed: bool, named: &dyn Fn(&str) -> bo
     }
 }
 
-/// `buf` holds one or more whole requests that may ride: plain messages only, each batch of extended protocol
-/// messages closed by its Sync. `unnamed` and `named` say which of the session's statements are plain.
+/// `buf` holds exactly one whole request that may ride: a plain simple Query, or a batch of plain extended-protocol
+/// messages closed by its Sync that prepares no named statement. `unnamed` and `named` say which of the session's statements are plain.
 fn batch_rideable(buf: &[u8], unnamed: bool, named: &dyn Fn(&str) -> bool) -> bool {
     let mut pos = 0;
     let mut synced = true;
     // The unnamed statement and the names this batch prepares, as they will be once the messages ahead are handled.
     let mut unnamed = unnamed;
-    let mut here: Vec<&str> = Vec::new();
+    let mut requests = 0;
     while pos < buf.len() {
         let rest = buf.get(pos..).unwrap_or_default();
         let Some(h) = frame::peek_header(rest) else { return false };
@@ -84,22 +137,25 @@ fn batch_rideable(buf: &[u8], unnamed: bool, named: &dyn Fn(&str) -> bool) -> bo
             return false;
         }
         let body = rest.get(frame::HEADER_LEN..total).unwrap_or_default();
-        let known = |n: &str| here.contains(&n) || named(n);
-        if !message_plain(h.tag, body, unnamed, &known) || (h.tag == b'Q' && !synced) {
+        if !message_plain(h.tag, body, unnamed, named) || (h.tag == b'Q' && !synced) {
             return false;
+        }
+        if requests > 0 {
+            return false; // one request only: a shielded rider is run again whole (module header)
         }
         match h.tag {
             b'P' => {
-                if let Ok(p) = fe::parse_parse(body) {
-                    if p.name.is_empty() {
-                        unnamed = true;
-                    } else {
-                        here.push(p.name);
-                    }
+                match fe::parse_parse(body) {
+                    Ok(p) if p.name.is_empty() => unnamed = true,
+                    // A named statement's Parse cannot run twice (module header).
+                    _ => return false,
                 }
                 synced = false;
             }
-            b'S' | b'Q' => synced = true,
+            b'S' | b'Q' => {
+                synced = true;
+                requests += 1;
+            }
             _ => synced = false,
         }
         pos += total;
@@ -141,6 +197,7 @@ impl Worker {
             || self.shutting_down
             || self.stats.paused
             || self.request_at.elapsed() > RIDE_WINDOW
+            || self.cancel_shielding
         {
             return false;
         }
@@ -208,6 +265,7 @@ impl Worker {
             if log::log_enabled!(log::Level::Trace) {
                 log::trace!("s{}: rides behind the owner ({} riding)", s.id, self.riders.len());
             }
+            s.shield.request = Some(s.inbuf.clone());
             self.forward_client_input(idx);
         }
         progress
@@ -288,7 +346,76 @@ impl Worker {
             return;
         }
         info!("s{id}: cancelling its running query (asked for while it waited)");
-        self.flush_then_cancel(&format!("s{id}: cancel"));
+        self.flush_then_cancel(id, &format!("s{id}: cancel"));
+    }
+
+    /// A cancel for session `target` is about to go upstream: the riders waiting behind it are shielded, and no
+    /// session rides until the upstream is free.
+    pub(super) fn shield_riders(&mut self, target: u64) {
+        self.cancel_shielding = true;
+        if let Some(s) = self.by_id.get(&target).copied().and_then(|i| self.session(i)) {
+            s.shield.own_cancel = true;
+        }
+        for i in 0..self.riders.len() {
+            let Some(idx) = self.riders.get(i).copied() else { break };
+            if let Some(s) = self.session(idx) {
+                if s.id != target && s.shield.request.is_some() && !s.shield.holding {
+                    s.shield.holding = true;
+                    debug!("s{}: its reply is held back (a cancel for s{target} went upstream ahead of it)", s.id);
+                }
+            }
+        }
+    }
+
+    /// An ErrorResponse or ReadyForQuery for session `id` has been routed: see whether a shielded reply was stopped
+    /// by a cancel that was not its own, and at its end, release the reply or arrange for the request to run again.
+    pub(super) fn shield_reply(&mut self, id: u64, tag: u8, body: &[u8]) {
+        let Some(s) = self.by_id.get(&id).copied().and_then(|i| self.session(i)) else { return };
+        let shield = &mut s.shield;
+        if tag == b'E' {
+            if shield.holding && !shield.own_cancel && !shield.retried {
+                shield.cancelled |= pgmux_proto::backend::parse_error_fields(body)
+                    .is_ok_and(|f| f.code == "57014" && f.message == USER_CANCEL_MESSAGE);
+            }
+            return;
+        }
+        // ReadyForQuery: the rider's one request is answered.
+        let request = shield.request.take();
+        if !shield.holding {
+            shield.retried = false;
+            return;
+        }
+        shield.holding = false;
+        let held = std::mem::take(&mut shield.held);
+        // A client that has asked for a cancel meanwhile wanted its query stopped: it gets the error.
+        let asked = shield.own_cancel || s.cancel_pending;
+        if std::mem::take(&mut shield.cancelled) && request.is_some() && !asked {
+            shield.again = request;
+            shield.retried = true;
+            info!(
+                "s{id}: its query was stopped by a cancel meant for the query ahead of it on the server connection; \
+                 it runs again"
+            );
+        } else {
+            shield.retried = false;
+            s.out.extend_from_slice(&held);
+        }
+    }
+
+    /// At the end of its turn: a request stopped by another session's cancel goes back to the head of the queue,
+    /// read already. True if so.
+    pub(super) fn run_again(&mut self, idx: usize) -> bool {
+        let Some(s) = self.session(idx) else { return false };
+        let Some(again) = s.shield.again.take() else { return false };
+        let mut inbuf = again;
+        inbuf.append(&mut s.inbuf);
+        s.inbuf = inbuf;
+        s.queued = true;
+        s.queued_at = Instant::now();
+        self.queue.push_front(idx);
+        self.watch.push(idx);
+        self.publish();
+        true
     }
 
     /// A cancel request for a session whose request waits upstream behind the owner's.
@@ -370,7 +497,8 @@ mod tests {
         assert!(rides(&[q("SELECT abalance FROM pgbench_accounts WHERE aid = 42;")]));
         assert!(rides(&[q("UPDATE t SET v = v + 1 WHERE id = 3")]));
         assert!(rides(&[q("select 1; select 2")]));
-        assert!(rides(&[q("SELECT 1"), q("SELECT 2")]));
+        // Two requests: a shielded rider could not run just the one a late cancel stopped.
+        assert!(!rides(&[q("SELECT 1"), q("SELECT 2")]));
     }
 
     #[test]
@@ -401,10 +529,11 @@ mod tests {
         assert!(rides(&[parse("", "SELECT 1"), bind(""), msg(b'D', b"P\0"), execute(), sync()]));
         // -M prepared, after the first use: a named statement the session has, plain.
         assert!(rides(&[bind("good"), execute(), sync()]));
-        // Prepared in this very batch.
-        assert!(rides(&[parse("fresh", "SELECT 2"), bind("fresh"), execute(), sync()]));
-        // Two batches.
-        assert!(rides(&[bind("good"), execute(), sync(), q("SELECT 3")]));
+        // Prepared in this very batch: a named Parse could not run again.
+        assert!(!rides(&[parse("fresh", "SELECT 2"), bind("fresh"), execute(), sync()]));
+        // Two requests.
+        assert!(!rides(&[bind("good"), execute(), sync(), q("SELECT 3")]));
+        assert!(!rides(&[bind("good"), execute(), sync(), bind("good"), execute(), sync()]));
         // Not closed by a Sync: the upstream would wait inside the batch.
         assert!(!rides(&[bind("good"), execute()]));
         assert!(!rides(&[parse("", "SELECT 1"), bind(""), execute(), msg(b'H', b"")]));
@@ -415,6 +544,25 @@ mod tests {
         assert!(!rides(&[parse("", "SELECT 1"), q("SELECT 1"), sync()]));
         assert!(!rides(&[msg(b'C', b"Sx\0"), sync()]));
         assert!(!rides(&[msg(b'F', b"\0\0\0\x01\0\0\0\0\0\0"), sync()]));
+    }
+
+    #[test]
+    fn a_shield_holds_replies_back_up_to_its_cap() {
+        let mut out = Vec::new();
+        let mut shield = Shield::default();
+        shield.take_reply(b"T", &mut out);
+        assert_eq!(out, b"T", "an unshielded reply goes straight through");
+        shield.holding = true;
+        shield.request = Some(q("SELECT 1"));
+        shield.take_reply(b"EZ", &mut out);
+        assert_eq!(out, b"T", "a shielded reply is held back");
+        assert_eq!(shield.held, b"EZ");
+        // A reply too large to hold goes through, and the request can no longer run again.
+        shield.take_reply(&vec![b'D'; SHIELD_HOLD_MAX], &mut out);
+        assert_eq!(out.len(), 1 + 2 + SHIELD_HOLD_MAX);
+        assert!(!shield.holding && shield.held.is_empty() && shield.request.is_none());
+        shield.take_reply(b"Z", &mut out);
+        assert_eq!(out.last(), Some(&b'Z'));
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct Session {
     pub ride_refused: bool,
     /// A cancel request arrived while it was riding: sent once it owns the upstream.
     pub cancel_pending: bool,
+    /// A rider's protection against a cancel meant for a query ahead of it (`riders::Shield`).
+    pub shield: super::riders::Shield,
 }
 
 impl Session {
@@ -131,6 +133,7 @@ impl Session {
             ride_sent_at: std::time::Instant::now(),
             ride_refused: false,
             cancel_pending: false,
+            shield: super::riders::Shield::default(),
         };
         s.refresh_ctx();
         s
