@@ -57,6 +57,8 @@ const MAX_REWRITTEN_MESSAGE: usize = 64 * 1024 * 1024;
 /// Backend messages pgmux must parse (errors, statuses) are buffered whole up to this size.
 const MAX_BUFFERED_BACKEND: u32 = 16 * 1024 * 1024;
 const TICK: Duration = Duration::from_millis(100);
+/// Shutting down, sessions are told 57P01 only once the last turn has been over this long (`janitor`).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(50);
 /// A session waiting while the upstream's owner sits idle inside a transaction this long moves to another worker.
 const MIGRATE_AFTER: Duration = Duration::from_millis(10);
 /// A session that just arrived stays at least this long before it may move again (no ping-pong).
@@ -2174,7 +2176,10 @@ impl Worker {
                 .and_then(|o| self.sessions.get(o))
                 .and_then(|s| s.as_ref())
                 .is_some_and(|s| !s.inbuf.is_empty());
-        if self.shutting_down && !in_flight {
+        // A reply that just went out is given a moment to be read before the 57P01: a client library that reads
+        // both at once may report the error instead of its COMMIT's success.
+        let settled = self.upstream_idle_since.elapsed() >= SHUTDOWN_GRACE;
+        if self.shutting_down && !in_flight && settled {
             let ids: Vec<usize> = (0..self.sessions.len()).filter(|i| self.sessions[*i].is_some()).collect();
             for idx in ids {
                 self.close_session(idx, "pooler shutting down", Some(("57P01", "pgmux is shutting down")));
