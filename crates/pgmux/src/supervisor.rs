@@ -401,7 +401,8 @@ impl Supervisor {
                 None => warn!("login without a socket"),
             },
             (Some(Role::Listener { .. }), Msg::CancelRequest { pid, key }) => self.route_cancel(pid, key),
-            (Some(Role::Worker { .. }), Msg::Cancel { session_id }) => self.cancel_returned(slot, session_id),
+            // A worker sent back a cancel for a session it no longer has (see `forward_cancel`).
+            (Some(Role::Worker { .. }), Msg::Cancel { session_id }) => self.forward_cancel(session_id, Some(slot)),
             (Some(Role::Worker { .. }), Msg::SessionClosed { session_id }) => self.session_closed(slot, session_id),
             (Some(Role::Worker { .. }), Msg::SessionState { record }) => {
                 if let Some(e) = self.sessions.get_mut(&record.session_id) {
@@ -733,15 +734,11 @@ impl Supervisor {
         self.forward_cancel(id, None);
     }
 
-    /// A worker sent back a cancel for a session it no longer has: it moved away after the cancel was routed there
-    /// (the worker's Migrate came first on its channel, so the session table already names where it went). Routed
-    /// once more, unless the table still names that worker (the session is gone).
-    fn cancel_returned(&mut self, from: usize, id: u64) {
-        self.forward_cancel(id, Some(from));
-    }
-
-    /// Send a cancel to the worker serving session `id` (never back to `not_to`). A session held here (waiting for a
-    /// worker) has its request still unsent: the cancel is held in its record and fired once the request runs.
+    /// Send a cancel to the worker serving session `id`. A session held here (waiting for a worker) has its request
+    /// still unsent: the cancel is held in its record and fired once the request runs. `not_to`: the worker that sent
+    /// the cancel back because the session moved away after it was routed there; its Migrate came first on the same
+    /// channel, so the table already names where the session went, and if it still names that worker, the session
+    /// is gone and the cancel is dropped.
     fn forward_cancel(&mut self, id: u64, not_to: Option<usize>) {
         if let Some(slot) = self.sessions.get(&id).map(|e| e.child) {
             if Some(slot) == not_to {

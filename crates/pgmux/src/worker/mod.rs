@@ -1163,7 +1163,7 @@ impl Worker {
                 _ if show => self.deliver(route.owner, route.disposition, msg),
                 _ => {}
             }
-            if let (Some(Owner::Session(id)), b'E' | b'Z') = (route.owner, h.tag) {
+            if let (true, Some(Owner::Session(id)), b'E' | b'Z') = (self.cancel_shielding, route.owner, h.tag) {
                 self.shield_reply(id, h.tag, body);
             }
             pos += total;

@@ -62,8 +62,9 @@ const USER_CANCEL_MESSAGE: &str = "canceling statement due to user request";
 /// A rider's protection against a cancel request meant for a query ahead of it (see the module header).
 #[derive(Debug, Default)]
 pub struct Shield {
-    /// The client bytes of its one request, kept while it rides and until its reply is complete.
-    pub request: Option<Vec<u8>>,
+    /// The client bytes of its one request, copied when it rides (the buffer is kept from ride to ride; only the
+    /// riders' are current, and only a holding one's is used).
+    pub request: Vec<u8>,
     /// A cancel went upstream while its request waited behind the target: its reply is held back.
     pub holding: bool,
     /// The reply held back so far.
@@ -72,7 +73,7 @@ pub struct Shield {
     pub cancelled: bool,
     /// The session's own client asked for a cancel that was sent this turn: a cancel error is its own.
     pub own_cancel: bool,
-    /// Its request already ran again once.
+    /// Its request already ran again once (cleared at the end of a turn that scheduled no run).
     pub retried: bool,
     /// The request to run again when its turn ends.
     pub again: Option<Vec<u8>>,
@@ -91,7 +92,6 @@ impl Shield {
             out.append(&mut self.held);
             self.holding = false;
             self.cancelled = false;
-            self.request = None;
         }
     }
 }
@@ -265,7 +265,8 @@ impl Worker {
             if log::log_enabled!(log::Level::Trace) {
                 log::trace!("s{}: rides behind the owner ({} riding)", s.id, self.riders.len());
             }
-            s.shield.request = Some(s.inbuf.clone());
+            s.shield.request.clear();
+            s.shield.request.extend_from_slice(&s.inbuf);
             self.forward_client_input(idx);
         }
         progress
@@ -359,7 +360,7 @@ impl Worker {
         for i in 0..self.riders.len() {
             let Some(idx) = self.riders.get(i).copied() else { break };
             if let Some(s) = self.session(idx) {
-                if s.id != target && s.shield.request.is_some() && !s.shield.holding {
+                if s.id != target && !s.shield.holding {
                     s.shield.holding = true;
                     debug!("s{}: its reply is held back (a cancel for s{target} went upstream ahead of it)", s.id);
                 }
@@ -367,46 +368,47 @@ impl Worker {
         }
     }
 
-    /// An ErrorResponse or ReadyForQuery for session `id` has been routed: see whether a shielded reply was stopped
-    /// by a cancel that was not its own, and at its end, release the reply or arrange for the request to run again.
+    /// An ErrorResponse or ReadyForQuery for session `id` has been routed while riders are shielded (a holding
+    /// session implies `cancel_shielding`): see whether its held reply was stopped by a cancel that was not its own,
+    /// and at its end, release the reply or arrange for the request to run again.
     pub(super) fn shield_reply(&mut self, id: u64, tag: u8, body: &[u8]) {
         let Some(s) = self.by_id.get(&id).copied().and_then(|i| self.session(i)) else { return };
         let shield = &mut s.shield;
+        if !shield.holding {
+            return;
+        }
         if tag == b'E' {
-            if shield.holding && !shield.own_cancel && !shield.retried {
+            if !shield.own_cancel && !shield.retried {
                 shield.cancelled |= pgmux_proto::backend::parse_error_fields(body)
                     .is_ok_and(|f| f.code == "57014" && f.message == USER_CANCEL_MESSAGE);
             }
             return;
         }
         // ReadyForQuery: the rider's one request is answered.
-        let request = shield.request.take();
-        if !shield.holding {
-            shield.retried = false;
-            return;
-        }
         shield.holding = false;
         let held = std::mem::take(&mut shield.held);
         // A client that has asked for a cancel meanwhile wanted its query stopped: it gets the error.
         let asked = shield.own_cancel || s.cancel_pending;
-        if std::mem::take(&mut shield.cancelled) && request.is_some() && !asked {
-            shield.again = request;
+        if std::mem::take(&mut shield.cancelled) && !asked {
+            shield.again = Some(std::mem::take(&mut shield.request));
             shield.retried = true;
             info!(
                 "s{id}: its query was stopped by a cancel meant for the query ahead of it on the server connection; \
                  it runs again"
             );
         } else {
-            shield.retried = false;
             s.out.extend_from_slice(&held);
         }
     }
 
     /// At the end of its turn: a request stopped by another session's cancel goes back to the head of the queue,
-    /// read already. True if so.
+    /// read already (it may run again only this once). True if so.
     pub(super) fn run_again(&mut self, idx: usize) -> bool {
         let Some(s) = self.session(idx) else { return false };
-        let Some(again) = s.shield.again.take() else { return false };
+        let Some(again) = s.shield.again.take() else {
+            s.shield.retried = false;
+            return false;
+        };
         let mut inbuf = again;
         inbuf.append(&mut s.inbuf);
         s.inbuf = inbuf;
@@ -553,14 +555,13 @@ mod tests {
         shield.take_reply(b"T", &mut out);
         assert_eq!(out, b"T", "an unshielded reply goes straight through");
         shield.holding = true;
-        shield.request = Some(q("SELECT 1"));
         shield.take_reply(b"EZ", &mut out);
         assert_eq!(out, b"T", "a shielded reply is held back");
         assert_eq!(shield.held, b"EZ");
-        // A reply too large to hold goes through, and the request can no longer run again.
+        // A reply too large to hold goes through, and the request can no longer run again (no longer holding).
         shield.take_reply(&vec![b'D'; SHIELD_HOLD_MAX], &mut out);
         assert_eq!(out.len(), 1 + 2 + SHIELD_HOLD_MAX);
-        assert!(!shield.holding && shield.held.is_empty() && shield.request.is_none());
+        assert!(!shield.holding && shield.held.is_empty());
         shield.take_reply(b"Z", &mut out);
         assert_eq!(out.last(), Some(&b'Z'));
     }
